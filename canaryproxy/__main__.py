@@ -1,0 +1,3 @@
+from canaryproxy.cli import main
+
+main()
