@@ -1,0 +1,279 @@
+"""The state store: round trip, durability across reopen, audit log, and refusing bad files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from canaryproxy.store import (
+    AuditEntry,
+    MemoryStateStore,
+    ServiceRecord,
+    SqliteStateStore,
+    StateError,
+    StateStore,
+)
+
+SERVING = ServiceRecord(
+    canary_weight=25.0,
+    ejected=False,
+    eject_reason=None,
+    eject_rule=None,
+    ejected_at=None,
+    weight_before_eject=None,
+    epoch=3,
+)
+EJECTED = ServiceRecord(
+    canary_weight=0.0,
+    ejected=True,
+    eject_reason="canary errors 14 of 31 while serving 5 % of requests",
+    eject_rule="comparative",
+    ejected_at=1_700_000_000.25,
+    weight_before_eject=5.5,
+    epoch=4,
+)
+
+
+def audit(service: str, action: str, old: str, new: str, at: float = 1.0) -> AuditEntry:
+    return AuditEntry(at=at, who="127.0.0.1", service=service, action=action, old=old, new=new)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    opened: StateStore
+    if request.param == "sqlite":
+        opened = SqliteStateStore(str(tmp_path / "state.db"))
+    else:
+        opened = MemoryStateStore()
+    yield opened
+    opened.close()
+
+
+# --- the StateStore contract, for every implementation ---------------------------------------
+
+
+def test_a_new_store_is_empty(store: StateStore) -> None:
+    assert store.load() == {}
+    assert store.audit_log() == []
+
+
+@pytest.mark.parametrize("record", [SERVING, EJECTED], ids=["serving", "ejected"])
+def test_a_saved_record_loads_back_equal(store: StateStore, record: ServiceRecord) -> None:
+    store.save("web", record, audit("web", "weight", "5", "25"))
+    assert store.load() == {"web": record}
+
+
+def test_saving_again_replaces_the_record_of_that_service_only(store: StateStore) -> None:
+    store.save("web", SERVING, audit("web", "weight", "5", "25"))
+    store.save("api", SERVING, audit("api", "weight", "0", "25"))
+    store.save("web", EJECTED, audit("web", "eject", "25", "ejected"))
+    assert store.load() == {"web": EJECTED, "api": SERVING}
+
+
+def test_audit_log_is_newest_first_and_filters_by_service(store: StateStore) -> None:
+    entries = [
+        audit("web", "weight", "5", "25", at=1.0),
+        audit("api", "weight", "0", "10", at=2.0),
+        audit("web", "eject", "25", "ejected", at=3.0),
+    ]
+    for entry in entries:
+        store.save(entry.service, SERVING, entry)
+    assert store.audit_log() == entries[::-1]
+    assert store.audit_log("web") == [entries[2], entries[0]]
+    assert store.audit_log("nope") == []
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(0, 0), (2, 2), (10, 3), (-1, 0)], ids=str)
+def test_audit_log_limit_keeps_the_newest(store: StateStore, limit: int, expected: int) -> None:
+    for i in range(3):
+        store.save("web", SERVING, audit("web", "weight", str(i), str(i + 1), at=float(i)))
+    got = store.audit_log(limit=limit)
+    assert [e.at for e in got] == [2.0, 1.0, 0.0][:expected]
+
+
+def test_a_closed_store_refuses_calls(store: StateStore) -> None:
+    store.close()
+    with pytest.raises(StateError):
+        store.save("web", SERVING, audit("web", "weight", "5", "25"))
+    with pytest.raises(StateError):
+        store.load()
+
+
+# --- SQLite specifics --------------------------------------------------------------------------
+
+
+def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    first = SqliteStateStore(path)
+    first.save("web", EJECTED, audit("web", "eject", "5.5", "ejected", at=7.0))
+    first.close()
+    again = SqliteStateStore(path)
+    assert again.load() == {"web": EJECTED}
+    assert again.audit_log() == [audit("web", "eject", "5.5", "ejected", at=7.0)]
+    again.close()
+
+
+def test_a_save_is_visible_to_another_connection_before_close(tmp_path: Path) -> None:
+    # Committed means committed: a second reader sees the change while the writer is still
+    # open, which is what a kill -9 right after the admin 200 leaves on disk.
+    path = str(tmp_path / "state.db")
+    store = SqliteStateStore(path)
+    store.save("web", SERVING, audit("web", "weight", "5", "25"))
+    reader = sqlite3.connect(path)
+    try:
+        rows = reader.execute("SELECT name, canary_weight FROM services").fetchall()
+        audit_rows = reader.execute("SELECT count(*) FROM audit").fetchone()
+    finally:
+        reader.close()
+    store.close()
+    assert rows == [("web", 25.0)]
+    assert audit_rows == (1,)
+
+
+def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    SqliteStateStore(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+def test_the_parent_directory_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "lib" / "state.db"
+    SqliteStateStore(str(path)).close()
+    assert path.is_file()
+
+
+def test_a_failed_save_writes_neither_record_nor_audit(tmp_path: Path) -> None:
+    store = SqliteStateStore(str(tmp_path / "state.db"))
+    bad = ServiceRecord(140.0, False, None, None, None, None, 1)  # violates the CHECK
+    with pytest.raises(StateError, match="cannot save 'web'"):
+        store.save("web", bad, audit("web", "weight", "5", "140"))
+    assert store.load() == {}
+    assert store.audit_log() == []
+    store.close()
+
+
+def test_saves_from_several_threads_all_land(tmp_path: Path) -> None:
+    store = SqliteStateStore(str(tmp_path / "state.db"))
+
+    def save(i: int) -> None:
+        store.save(f"svc{i}", SERVING, audit(f"svc{i}", "weight", "0", "25"))
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(store.load()) == sorted(f"svc{i}" for i in range(8))
+    assert len(store.audit_log()) == 8
+    store.close()
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _garbage(path: Path) -> str:
+    return _write(path, b"not a database at all\n" * 50)
+
+
+def _directory(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
+def _truncated_database(path: Path) -> str:
+    full = path.with_suffix(".full")
+    conn = sqlite3.connect(full)
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(os.urandom(400),) for _ in range(200)])
+    conn.commit()
+    conn.close()
+    data = full.read_bytes()
+    return _write(path, data[: len(data) // 2])
+
+
+def _foreign_database(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+def _newer_schema(path: Path) -> str:
+    SqliteStateStore(str(path)).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+def _bad_row(path: Path) -> str:
+    store = SqliteStateStore(str(path))
+    store.save("web", SERVING, audit("web", "weight", "5", "25"))
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE services SET epoch = 'three'")
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_garbage, "not a usable"),
+        (_truncated_database, "malformed|corrupt"),
+        (_foreign_database, "not a canaryproxy state file"),
+        (_newer_schema, "schema version 99 is newer"),
+        (_directory, "cannot open"),
+    ],
+    ids=["garbage", "truncated", "foreign-sqlite", "newer-schema", "a-directory"],
+)
+def test_an_unusable_file_raises_state_error_and_is_left_alone(
+    tmp_path: Path, make: Callable[[Path], str], message: str
+) -> None:
+    path = tmp_path / "state.db"
+    target = make(path)
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(StateError, match=message) as caught:
+        SqliteStateStore(target)
+    assert str(path) in str(caught.value)
+    assert (path.read_bytes() if path.is_file() else None) == before
+
+
+def test_a_row_of_the_wrong_type_raises_state_error_on_load(tmp_path: Path) -> None:
+    store = SqliteStateStore(_bad_row(tmp_path / "state.db"))
+    with pytest.raises(StateError, match="column epoch: expected an integer, got 'three'"):
+        store.load()
+    store.close()
+
+
+def test_a_parent_that_is_a_file_raises_state_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "var"
+    blocker.write_text("I am a file, not a directory")
+    with pytest.raises(StateError, match="cannot create its directory"):
+        SqliteStateStore(str(blocker / "state.db"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_a_read_only_directory_raises_state_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(StateError, match="cannot open"):
+            SqliteStateStore(str(locked / "state.db"))
+    finally:
+        locked.chmod(0o700)
