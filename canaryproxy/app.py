@@ -1,0 +1,248 @@
+"""Build the proxy from a config, with its clock, randomness, registry and store; run it.
+
+The composition root: the only place that knows every module.  ``Proxy`` owns the
+listeners, the loops, the runtime state and the metrics; ``serve`` adds signals:
+SIGTERM/SIGINT drain and stop, SIGHUP reloads the config file (a bad file is refused and
+the running config stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from canaryproxy.accesslog import AccessLog
+from canaryproxy.admin import build_admin_app
+from canaryproxy.budget import BudgetParams, Judge
+from canaryproxy.config import Config, ConfigError, ServiceConfig, load_config
+from canaryproxy.controller import Controller
+from canaryproxy.director import Director, ServiceRuntime
+from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.hub import Hub
+from canaryproxy.loops import Loops
+from canaryproxy.metrics import Metrics, ServiceSpec
+from canaryproxy.server import ProxyContext, ProxyServer
+from canaryproxy.state import RuntimeState
+from canaryproxy.sticky import CookieCodec
+from canaryproxy.store import SqliteStateStore, StateStore
+from canaryproxy.upstream import BackendPool
+
+log = logging.getLogger("canaryproxy")
+
+
+@dataclass
+class Clocks:
+    """Time and randomness, passed in so tests can drive them."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        store: StateStore | None = None,
+        clocks: Clocks | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clocks = clocks or Clocks()
+        self.loop = asyncio.get_running_loop()
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry, _metric_specs(config), config.metrics.buckets)
+        self.store = store or SqliteStateStore(config.state.path)
+        weights = {name: s.canary_weight for name, s in config.services.items()}
+        self.state = RuntimeState(self.store, weights, self.clocks.wall)
+        self.secrets = config.sticky.secrets or (secrets.token_urlsafe(32),)
+        if not config.sticky.secrets:
+            log.warning("sticky.secrets not set: using a random secret; cookies end at restart")
+        self.judges: dict[str, Judge] = {}
+        self.healths: dict[tuple[str, str, str], BackendHealth] = {}
+        self.pools: dict[str, BackendPool] = {}
+        self.access_log = access_log or AccessLog(sys.stdout)
+        self.hub = Hub(self.metrics, self.state, self.judges, self.access_log, self.clocks.monotonic)
+        self.director = self._build_director(config)
+        self.ctx = ProxyContext(
+            self.loop, self.director, self.pools, config.limits, config.trusted_proxies, self.hub
+        )
+        self.server = ProxyServer(self.ctx)
+        self.controller = Controller(
+            lambda: self.director, self.state, self.judges, self.metrics, self.hub,
+            self.clocks.monotonic,
+        )
+        self.loops = Loops(self.tick, self.clocks.rng)
+        self.admin_runner: web.AppRunner | None = None
+        self.proxy_address: tuple[str, int] = ("", 0)
+        self.admin_address: tuple[str, int] = ("", 0)
+
+    # building --------------------------------------------------------------------------------
+    def _build_director(self, config: Config) -> Director:
+        services = [self._build_service(s, config) for s in config.services.values()]
+        for name in list(self.judges):
+            if name not in config.services:
+                del self.judges[name]
+        self.hub.judges = self.judges
+        return Director(
+            services, self.hub, self.clocks.wall, self.clocks.monotonic, self.clocks.rng.random
+        )
+
+    def _build_service(self, sc: ServiceConfig, config: Config) -> ServiceRuntime:
+        sticky = config.sticky
+        codec = None
+        if sc.canary is not None:
+            codec = CookieCodec(
+                name=sticky.cookie, secrets=self.secrets, max_age=sticky.max_age,
+                secure=sticky.secure, same_site=sticky.same_site, salt=sc.name,
+            )
+        runtime = ServiceRuntime(sc, self.state.get(sc.name), codec, sticky.mode)
+        for backend in runtime.all_backends():
+            key = (sc.name, backend.pool, backend.url)
+            health = self.healths.get(key)
+            if health is None:
+                hc = sc.health_check
+                od = sc.outlier_detection
+                health = BackendHealth(
+                    ActiveCheck(hc.rise, hc.fall) if hc else None,
+                    OutlierDetector(od.consecutive_failures, od.base_ejection_time,
+                                    od.max_ejection_time),
+                )
+                self.healths[key] = health
+            backend.health = health
+            if backend.key not in self.pools:
+                self.pools[backend.key] = BackendPool(self.loop, backend.host, backend.port)
+        if sc.canary is not None and sc.name not in self.judges:
+            judge = Judge(_budget_params(sc), self.clocks.monotonic())
+            state = self.state.get(sc.name)
+            if state.is_ejected:
+                judge.mark_ejected(state.eject_rule or "manual", state.eject_reason or "")
+            self.judges[sc.name] = judge
+        return runtime
+
+    # running ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.proxy_address = await self.server.start(cfg.listen.host, cfg.listen.port)
+        log.info("listening", extra={"listener": "proxy", "address": _fmt(self.proxy_address)})
+        admin_app = build_admin_app(self.controller, self.metrics, cfg.admin.token)
+        self.admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        await self.admin_runner.setup()
+        site = web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port)
+        await site.start()
+        server: Any = site._server  # aiohttp keeps the bound server here; uvloop's type
+        sockname = server.sockets[0].getsockname()
+        self.admin_address = (str(sockname[0]), int(sockname[1]))
+        log.info("listening", extra={"listener": "admin", "address": _fmt(self.admin_address)})
+        if cfg.admin.token is None:
+            log.warning("admin.token not set: /admin routes answer 403")
+        self.tick()
+        await self.loops.start(list(self.director.services.values()))
+
+    async def stop(self) -> None:
+        """Drain (SPEC: finish in-flight requests within the grace period), flush, close."""
+        await self.server.drain(self.config.limits.drain_timeout)
+        await self.loops.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+        await self.state.flush()
+        self.access_log.flush()
+        self.store.close()
+
+    def tick(self) -> None:
+        """Refresh gauges that follow from time passing (health cool-offs, verdicts)."""
+        now = self.clocks.monotonic()
+        for service in self.director.services.values():
+            state = self.state.get(service.name)
+            self.metrics.set_weight(service.name, state.effective_weight if service.canary else 0)
+            self.metrics.set_ejected(service.name, state.is_ejected)
+            judge = self.judges.get(service.name)
+            verdict = "ejected" if state.is_ejected else (
+                judge.verdict(now) if judge else "insufficient_samples"
+            )
+            self.metrics.set_verdict(service.name, verdict)
+            for b in service.all_backends():
+                self.metrics.set_backend_healthy(service.name, b.pool, b.url, b.is_routable(now))
+
+    async def reload(self) -> bool:
+        """SIGHUP: swap in a new config; a bad one is refused and the running one stays."""
+        assert self.config_path is not None
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.reload(False)
+            log.error("config reload refused", extra={"errors": exc.errors})
+            return False
+        self.metrics.update_services(_metric_specs(config))
+        self.state.load({name: s.canary_weight for name, s in config.services.items()})
+        self.config = config
+        self.director = self._build_director(config)
+        self.ctx.director = self.director
+        self.ctx.limits = config.limits
+        self.ctx.trusted_proxies = tuple(config.trusted_proxies)
+        await self.loops.stop()
+        await self.loops.start(list(self.director.services.values()))
+        self.tick()
+        self.metrics.reload(True)
+        log.info("config reloaded", extra={"services": list(config.services)})
+        return True
+
+
+async def serve(config: Config, config_path: str | None) -> int:
+    proxy = Proxy(config, config_path=config_path)
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(proxy.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    log.info("draining", extra={"grace_seconds": config.limits.drain_timeout})
+    await proxy.stop()
+    log.info("stopped")
+    return 0
+
+
+def _budget_params(sc: ServiceConfig) -> BudgetParams:
+    eb = sc.error_budget
+    return BudgetParams(
+        alpha=eb.alpha, stable_guard=eb.stable_guard, window=eb.window,
+        min_requests=eb.min_requests, max_error_rate=eb.max_error_rate,
+        max_p99_latency=eb.max_p99_latency,
+    )
+
+
+def _metric_specs(config: Config) -> list[ServiceSpec]:
+    specs: list[ServiceSpec] = []
+    for name, sc in config.services.items():
+        backends = [("stable", b.url) for b in sc.stable.backends]
+        if sc.canary is not None:
+            backends += [("canary", b.url) for b in sc.canary.backends]
+        specs.append((name, backends))
+    return specs
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,87 @@
+"""Command line: parse arguments, load the config, hand over. No logic lives here.
+
+Exit codes (SPEC.md "Command line"): 0 clean stop, 2 bad config or usage, 1 any other
+fatal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from canaryproxy import logs
+from canaryproxy.config import ConfigError, load_config, summarize
+from canaryproxy.store import StateError
+
+log = logging.getLogger("canaryproxy")
+
+EXIT_BAD_CONFIG = 2
+EXIT_FATAL = 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="canaryproxy")
+def main() -> None:
+    """canaryproxy: a reverse proxy that makes canary releases safe."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def check(config_path: str) -> None:
+    """Validate a config file: print a summary, or every error with its key path."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            click.echo(error, err=True)
+        sys.exit(EXIT_BAD_CONFIG)
+    click.echo(f"{config_path}: OK")
+    click.echo(summarize(config))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def run(config_path: str) -> None:
+    """Start the proxy and the admin listener; SIGTERM drains, SIGHUP reloads."""
+    logs.setup()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            click.echo(error, err=True)
+        sys.exit(EXIT_BAD_CONFIG)
+    from canaryproxy.app import serve  # imported late: `check` must not need uvloop
+
+    try:
+        code = _run_loop(serve(config, config_path))
+    except StateError as exc:
+        log.error("cannot open state", extra={"error": str(exc)})
+        sys.exit(EXIT_FATAL)
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        sys.exit(EXIT_FATAL)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--duration", type=float, default=None, help="Run unattended this many seconds.")
+@click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.2,
+              help="Share of canary requests that fail.")
+@click.option("--ramp-seconds", type=click.FloatRange(min=1), default=8.0,
+              help="Seconds between weight steps 5 → 10 → 25 → 50.")
+@click.option("--no-traffic", is_flag=True, help="Start everything but the traffic generator.")
+def demo(duration: float | None, failure_rate: float, ramp_seconds: float, no_traffic: bool) -> None:
+    """A self-contained show: stable and canary backends, the proxy, traffic, ejection."""
+    from canaryproxy.demo import run_demo
+
+    sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic)))
+
+
+def _run_loop(coro: object) -> int:
+    import uvloop
+
+    result = uvloop.run(coro)  # type: ignore[arg-type]
+    return int(result)

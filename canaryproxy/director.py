@@ -1,0 +1,254 @@
+"""The seam between moving bytes and deciding: which service, which pool, which backend.
+
+The engine (server.py, exchange.py) calls ``route`` once per request, ``next_backend`` per
+attempt, and reports every outcome back; it never looks inside.  This module owns no
+sockets and no clocks of its own: ``clock`` (wall seconds, for cookies), ``monotonic``
+(for health and the judge) and ``rng`` are passed in.
+
+Rules:
+- Pool choice is ``routing.decide_pool`` (override, sticky cookie, bucketing key, weight).
+- Inside a pool, backends are picked by smooth weighted round robin among routable ones.
+- A pool with no routable backend left is served by the other pool (a canary always falls
+  back to stable; stable falls back to a canary that is not ejected), and counted.  After a
+  connect failure the retry stays in the pool, except that a canary falls back to stable.
+- Every failed attempt (connect, timeout, reset, protocol) and every upstream 5xx is charged
+  to the pool of the backend that caused it — to its outlier detector and to the judge — even
+  when a retry elsewhere saved the request.  A canary user served by stable because the
+  canary has no healthy backend is charged to the canary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from canaryproxy.balancer import SmoothWeightedRoundRobin
+from canaryproxy.health import BackendHealth, is_failure_status
+from canaryproxy.routing import ServiceMatcher, bucket_for_key, decide_pool, service_salt
+from canaryproxy.sticky import CookieCodec, find_cookie
+
+if TYPE_CHECKING:
+    from canaryproxy.config import BackendConfig, ServiceConfig
+    from canaryproxy.exchange import RequestHead
+
+PoolName = Literal["stable", "canary"]
+
+
+class ServiceState(Protocol):
+    """The runtime knobs of one service, owned by state.py."""
+
+    @property
+    def canary_weight(self) -> float: ...
+    @property
+    def is_ejected(self) -> bool: ...
+    @property
+    def epoch(self) -> int: ...
+
+
+class Observer(Protocol):
+    """Who hears about outcomes: the judge, metrics (wired in app.py)."""
+
+    def attempt_failed(self, service: str, pool: PoolName, kind: str) -> None: ...
+    def upstream_answered(self, service: str, pool: PoolName, status: int) -> None: ...
+    def fallback(self, service: str, wanted: PoolName, served: PoolName) -> None: ...
+
+
+class BackendRuntime:
+    __slots__ = ("health", "host", "index", "key", "pool", "port", "service", "url", "weight")
+
+    def __init__(
+        self, service: str, pool: PoolName, index: int, url: str, host: str, port: int, weight: int
+    ) -> None:
+        self.service = service
+        self.pool: PoolName = pool
+        self.index = index
+        self.url = url
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.key = f"{host}:{port}"
+        self.health: BackendHealth | None = None
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.service}/{self.pool} {self.url}>"
+
+    def is_routable(self, now: float) -> bool:
+        return self.health is None or self.health.is_routable(now)
+
+
+class PoolRuntime:
+    __slots__ = ("backends", "name", "rr")
+
+    def __init__(self, name: PoolName, backends: Sequence[BackendRuntime]) -> None:
+        self.name: PoolName = name
+        self.backends = list(backends)
+        self.rr = SmoothWeightedRoundRobin([b.weight for b in backends])
+
+    def pick(self, now: float, tried: Sequence[BackendRuntime]) -> BackendRuntime | None:
+        backends = self.backends
+        index = self.rr.pick(lambda i: backends[i].is_routable(now) and backends[i] not in tried)
+        return None if index is None else backends[index]
+
+    def has_routable(self, now: float) -> bool:
+        return any(b.is_routable(now) for b in self.backends)
+
+
+class ServiceRuntime:
+    """A configured service plus the objects that decide for it."""
+
+    def __init__(
+        self, config: ServiceConfig, state: ServiceState, codec: CookieCodec | None, mode: str
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.state = state
+        self.codec = codec
+        self.mode: Literal["session", "cohort"] = "cohort" if mode == "cohort" else "session"
+        self.salt = service_salt(config.name)
+        self.connect_timeout = config.timeouts.connect
+        self.response_timeout = config.timeouts.response
+        self.strip_header = (
+            config.override_header.lower().encode() if config.override_header else None
+        )
+        bucket_by = config.bucket_by
+        self.key_header = (
+            bucket_by.name.lower().encode() if bucket_by and bucket_by.source == "header" else None
+        )
+        self.key_cookie = bucket_by.name if bucket_by and bucket_by.source == "cookie" else None
+        self.stable = PoolRuntime("stable", self._backends("stable", config.stable.backends))
+        canary = config.canary
+        self.canary = PoolRuntime("canary", self._backends("canary", canary.backends)) if canary else None
+
+    def _backends(self, pool: PoolName, configs: Sequence[BackendConfig]) -> list[BackendRuntime]:
+        return [
+            BackendRuntime(self.name, pool, i, b.url, b.host, b.port, b.weight)
+            for i, b in enumerate(configs)
+        ]
+
+    def all_backends(self) -> list[BackendRuntime]:
+        return self.stable.backends + (self.canary.backends if self.canary else [])
+
+    def pool(self, name: PoolName) -> PoolRuntime | None:
+        return self.stable if name == "stable" else self.canary
+
+
+class Route:
+    """One request's routing: the decided pool, the attempts so far, the cookie to set."""
+
+    __slots__ = ("decided", "served", "service", "set_cookie", "tried")
+
+    def __init__(self, service: ServiceRuntime, decided: PoolName, set_cookie: bytes | None) -> None:
+        self.service = service
+        self.decided: PoolName = decided
+        self.served: PoolName = decided
+        self.set_cookie = set_cookie
+        self.tried: list[BackendRuntime] = []
+
+    def __repr__(self) -> str:
+        return f"<Route {self.service.name} decided={self.decided} served={self.served}>"
+
+
+class Director:
+    def __init__(
+        self,
+        services: Sequence[ServiceRuntime],
+        observer: Observer,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        rng: Callable[[], float],
+    ) -> None:
+        self.services = {s.name: s for s in services}
+        self.matcher = ServiceMatcher(
+            [(s.name, s.config.match.hosts, s.config.match.path_prefix) for s in services]
+        )
+        self.observer = observer
+        self.clock = clock
+        self.monotonic = monotonic
+        self.rng = rng
+
+    def route(self, head: RequestHead) -> Route | None:
+        name = self.matcher.match(head.host, head.path)
+        if name is None:
+            return None
+        service = self.services[name]
+        if service.canary is None or service.codec is None:
+            return Route(service, "stable", None)
+        return self._route_canary(service, service.codec, head)
+
+    def _route_canary(self, service: ServiceRuntime, codec: CookieCodec, head: RequestHead) -> Route:
+        cookies: list[bytes] = []
+        override = key = None
+        for lname, value in head.lheaders:
+            if lname == b"cookie":
+                cookies.append(value)
+            elif lname == service.strip_header:
+                override = value.decode("latin-1")
+            elif lname == service.key_header:
+                key = value.decode("latin-1")
+        now = self.clock()
+        raw = codec.find(cookies) if cookies else None
+        sticky = codec.decode(raw, now) if raw is not None else None
+        if service.key_cookie is not None and cookies:
+            key = find_cookie(cookies, service.key_cookie)
+        state = service.state
+        decision = decide_pool(
+            canary_weight=state.canary_weight,
+            has_canary=True,
+            is_ejected=state.is_ejected,
+            mode=service.mode,
+            epoch=state.epoch,
+            override=override,
+            cookie=sticky,
+            key_bucket=bucket_for_key(service.salt, key) if key else None,
+            rng=self.rng,
+        )
+        set_cookie = None
+        if decision.set_cookie:
+            value = codec.encode(decision.pool, decision.bucket, state.epoch, now)
+            set_cookie = codec.set_cookie_header(value)
+        return Route(service, decision.pool, set_cookie)
+
+    def next_backend(self, route: Route) -> BackendRuntime | None:
+        """The next backend to try, or None when no attempt is left (→ 502/503)."""
+        service = route.service
+        now = self.monotonic()
+        pool = service.pool(route.served)
+        backend = pool.pick(now, route.tried) if pool is not None else None
+        if backend is None:
+            other = self._fallback_pool(route, service)
+            if other is not None:
+                backend = other.pick(now, route.tried)
+                if backend is not None:
+                    self._fell_back(route, other.name)
+        if backend is not None:
+            route.tried.append(backend)
+        return backend
+
+    def _fallback_pool(self, route: Route, service: ServiceRuntime) -> PoolRuntime | None:
+        if route.served == "canary":
+            return service.stable
+        if route.tried or service.canary is None or service.state.is_ejected:
+            return None  # a stable connect failure retries within stable only
+        return service.canary
+
+    def _fell_back(self, route: Route, to: PoolName) -> None:
+        wanted = route.served
+        route.served = to
+        self.observer.fallback(route.service.name, wanted, to)
+        if wanted == "canary" and not route.tried:
+            # Pinned canary users served by stable: the canary is charged (SPEC "Routing").
+            self.observer.attempt_failed(route.service.name, "canary", "unavailable")
+
+    def attempt_failed(self, route: Route, backend: BackendRuntime, kind: str) -> None:
+        if backend.health is not None:
+            backend.health.outlier.on_failure(self.monotonic())
+        self.observer.attempt_failed(route.service.name, backend.pool, kind)
+
+    def upstream_answered(self, route: Route, backend: BackendRuntime, status: int) -> None:
+        health = backend.health
+        if health is not None:
+            if is_failure_status(status):
+                health.outlier.on_failure(self.monotonic())
+            else:
+                health.outlier.on_success(self.monotonic())
+        self.observer.upstream_answered(route.service.name, backend.pool, status)

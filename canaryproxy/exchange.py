@@ -1,0 +1,510 @@
+"""One request/response through the proxy: route, connect, stream both ways, record.
+
+Rules (SPEC.md "Proxying"; RFC 9112 §9.3.1 for retries):
+- A connect failure (or connect timeout) is retried once on another backend of the pool,
+  or of the other pool when this one has none left; the second failure answers 502.
+- A reused keep-alive connection that dies before any response byte is retried once on a
+  fresh connection, only for idempotent methods without a body: a request that may have
+  reached a backend with a body is never sent twice (nginx's rule).
+- No response head within ``timeouts.response`` → 504; the same span of silence while the
+  body streams aborts the client connection, as does an upstream that dies mid-body.
+- Bodies stream with backpressure: the client is paused while the upstream's write buffer is
+  full (and vice versa); at most one socket read is buffered while no upstream is attached.
+- Everything here runs in loop callbacks; only opening a connection is a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from canaryproxy import http11
+from canaryproxy.http11 import LAST_CHUNK, VIA, Headers, chunk
+
+if TYPE_CHECKING:
+    from canaryproxy.director import BackendRuntime, Route
+    from canaryproxy.server import Downstream, ProxyContext
+    from canaryproxy.upstream import UpstreamConn
+
+BODY_BUFFER_LIMIT = 64 * 1024
+NO_BODY_STATUSES = frozenset({204, 304})
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Body framing of the client's request.
+NO_BODY, LENGTH_BODY, CHUNKED_BODY = 0, 1, 2
+
+
+class RequestHead:
+    """What the client asked, parsed and validated once by the server protocol."""
+
+    __slots__ = (
+        "body_kind",
+        "client_ip",
+        "expect_continue",
+        "headers",
+        "host",
+        "is_trusted",
+        "keep_alive",
+        "lheaders",
+        "method",
+        "path",
+        "request_id",
+        "started",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = b"GET"
+        self.target = b"/"
+        self.path = "/"
+        self.host = ""
+        self.version = b"1.1"
+        self.keep_alive = True
+        self.headers: Headers = []
+        self.lheaders: Headers = []
+        self.body_kind = NO_BODY
+        self.expect_continue = False
+        self.upgrade: bytes | None = None
+        self.request_id = b""
+        self.client_ip = b""
+        self.is_trusted = False
+        self.started = 0.0
+
+
+class Exchange:
+    __slots__ = (
+        "_connect_task",
+        "_timer",
+        "backend",
+        "body_buffer",
+        "body_buffered",
+        "conn",
+        "connect_failures",
+        "ctx",
+        "down",
+        "head",
+        "is_done",
+        "is_local",
+        "is_tunnel",
+        "req_done",
+        "resp_chunked",
+        "resp_close",
+        "resp_headers",
+        "resp_started",
+        "resp_until_eof",
+        "retried_reuse",
+        "route",
+        "status",
+        "tunnel_pending",
+        "upstream_head",
+    )
+
+    def __init__(self, down: Downstream, head: RequestHead) -> None:
+        self.down = down
+        self.ctx: ProxyContext = down.ctx
+        self.head = head
+        self.route: Route | None = None
+        self.backend: BackendRuntime | None = None
+        self.conn: UpstreamConn | None = None
+        self.body_buffer: list[bytes] = []
+        self.body_buffered = 0
+        self.req_done = head.body_kind == NO_BODY
+        self.resp_headers: Headers = []
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_close = False
+        self.resp_until_eof = False
+        self.status = 0
+        self.is_done = False
+        self.is_local = False
+        self.is_tunnel = False
+        self.tunnel_pending: list[bytes] = []
+        self.connect_failures = 0
+        self.retried_reuse = False
+        self.upstream_head = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        h = self.head
+        return f"<Exchange {h.method.decode()} {h.target!r} status={self.status} done={self.is_done}>"
+
+    # start: route and pick a backend ---------------------------------------------------------
+    def start(self) -> None:
+        head = self.head
+        route = self.ctx.director.route(head)
+        if route is None:
+            self.respond_locally(404, "no service matches this host and path")
+            return
+        self.route = route
+        self.ctx.recorder.request_started(route)
+        if head.expect_continue and not self.req_done:
+            self.down.write(CONTINUE_100)
+        self.upstream_head = upstream_head(head, route.service.strip_header)
+        self._try_next_backend()
+
+    def _try_next_backend(self) -> None:
+        assert self.route is not None
+        backend = self.ctx.director.next_backend(self.route)
+        if backend is None:
+            if self.connect_failures:
+                self.respond_locally(502, "could not connect to any backend")
+            else:
+                self.respond_locally(503, "no healthy backend")
+            return
+        self.backend = backend
+        pool = self.ctx.pools[backend.key]
+        conn = pool.take_idle()
+        if conn is not None:
+            self._send(conn)
+        else:
+            self._connect_task = self.ctx.loop.create_task(self._connect(backend))
+
+    async def _connect(self, backend: BackendRuntime) -> None:
+        assert self.route is not None
+        try:
+            conn = await self.ctx.pools[backend.key].connect(self.route.service.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self._connect_task = None
+            if self.is_done:
+                return
+            kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
+            self.ctx.director.attempt_failed(self.route, backend, kind)
+            self.connect_failures += 1
+            if self.connect_failures >= 2:
+                self.respond_locally(502, "could not connect to a backend")
+            else:
+                self._try_next_backend()
+            return
+        self._connect_task = None
+        if self.is_done:
+            conn.close()
+            return
+        self._send(conn)
+
+    # request: head and body upstream ---------------------------------------------------------
+    def _send(self, conn: UpstreamConn) -> None:
+        assert self.route is not None
+        self.conn = conn
+        conn.attach(self)
+        conn.write(self.upstream_head)
+        if self.body_buffer:
+            conn.write(b"".join(self.body_buffer))
+            self.body_buffer = []
+            self.body_buffered = 0
+            self.down.set_body_paused(False)
+        self._timer = self.ctx.loop.call_later(
+            self.route.service.response_timeout, self._on_response_timeout
+        )
+
+    def feed_body(self, data: bytes) -> None:
+        if self.head.body_kind == CHUNKED_BODY:
+            data = chunk(data)
+        self._forward_body(data)
+
+    def body_complete(self) -> None:
+        if self.head.body_kind == CHUNKED_BODY:
+            self._forward_body(LAST_CHUNK)
+        self.req_done = True
+
+    def _forward_body(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.write(data)
+            return
+        if self.is_done:
+            return
+        self.body_buffer.append(data)
+        self.body_buffered += len(data)
+        if self.body_buffered > BODY_BUFFER_LIMIT:
+            self.down.set_body_paused(True)
+
+    def pause_request_body(self) -> None:
+        self.down.set_body_paused(True)
+
+    def resume_request_body(self) -> None:
+        self.down.set_body_paused(False)
+
+    # response: head, body, end ---------------------------------------------------------------
+    def on_response_head(self, status: int, conn: UpstreamConn) -> None:
+        if 100 <= status < 200 and status != 101:
+            self.resp_headers = []  # interim responses are not forwarded (as nginx)
+            return
+        self._cancel_timer()
+        self.status = status
+        assert self.route is not None and self.backend is not None
+        self.ctx.director.upstream_answered(self.route, self.backend, status)
+        if status == 101:
+            if self.head.upgrade is None:
+                self.upstream_failed("protocol", "unexpected 101 from upstream")
+                return
+            self._start_tunnel()
+            return
+        self._write_response_head(status, conn)
+        if self.head.method == b"HEAD" or status in NO_BODY_STATUSES:
+            conn.reset_parser()  # llhttp does not know the request was HEAD
+            self.on_response_complete()
+        else:
+            self._arm_body_watchdog()
+
+    def _write_response_head(self, status: int, conn: UpstreamConn) -> None:
+        assert self.route is not None
+        out = [http11.status_line(status)]
+        named = http11.connection_tokens(self.resp_headers)
+        has_length = has_te = False
+        for name, value in self.resp_headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                has_te = True
+            if http11.is_hop_by_hop(lname, named):
+                continue
+            if lname == b"content-length":
+                has_length = True
+            out.append(b"%b: %b\r\n" % (name, value))
+        out.append(b"Via: " + VIA + b"\r\n")
+        if self.route.set_cookie is not None:
+            out.append(b"Set-Cookie: " + self.route.set_cookie + b"\r\n")
+        bodiless = self.head.method == b"HEAD" or status in NO_BODY_STATUSES
+        if not bodiless and (has_te or not has_length):
+            if has_length and has_te:
+                # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; drop the latter.
+                out = [line for line in out if not line.lower().startswith(b"content-length:")]
+            if self.head.version == b"1.1":
+                self.resp_chunked = True
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.resp_close = True
+            self.resp_until_eof = not has_te
+        keep_alive = self.down.can_keep_alive(self.head) and not self.resp_close
+        if not keep_alive:
+            self.resp_close = True
+            out.append(b"Connection: close\r\n")
+        elif self.head.version == b"1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.resp_started = True
+        self.down.write(b"".join(out))
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.is_done:
+            return
+        self.down.write(chunk(data) if self.resp_chunked else data)
+
+    def on_response_complete(self) -> None:
+        if self.is_done or not self.resp_started:
+            return
+        if self.resp_chunked:
+            self.down.write(LAST_CHUNK)
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            reusable = self.req_done and not self.resp_until_eof and conn.parser.should_keep_alive()
+            if self.head.method == b"HEAD":
+                reusable = self.req_done
+            conn.detach()
+            if reusable:
+                conn.pool.give_back(conn)
+            else:
+                conn.close()
+        self._finish(self.status, keep_alive=not self.resp_close and self.req_done)
+
+    # failures ------------------------------------------------------------------------------
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The backend connection closed while this exchange owned it."""
+        conn, self.conn = self.conn, None
+        if self.is_done:
+            return
+        if self.is_tunnel:
+            self._finish(101, keep_alive=False)
+            return
+        if self.resp_started:
+            if self.resp_until_eof:
+                self.on_response_complete_eof()
+            else:
+                self._abort_midbody("reset")
+            return
+        if (
+            conn is not None
+            and conn.requests > 1
+            and not self.retried_reuse
+            and self.head.method in http11.IDEMPOTENT
+            and self.head.body_kind == NO_BODY
+        ):
+            # A stale keep-alive connection: the request provably never got an answer and
+            # carries no body, so sending it again on a fresh connection is safe.
+            self.retried_reuse = True
+            self._cancel_timer()
+            assert self.backend is not None
+            self._connect_task = self.ctx.loop.create_task(self._connect(self.backend))
+            return
+        self._fail(502, "reset", "upstream closed the connection before answering")
+
+    def on_response_complete_eof(self) -> None:
+        """A close-delimited upstream body ended cleanly at EOF."""
+        self.resp_until_eof = False
+        if self.resp_chunked:
+            self.down.write(LAST_CHUNK)
+        self._finish(self.status, keep_alive=not self.resp_close and self.req_done)
+
+    def upstream_failed(self, kind: str, message: str) -> None:
+        """Garbage, an oversized head, or a framing error from the backend."""
+        if self.is_done:
+            return
+        if self.resp_started:
+            self._abort_midbody(kind)
+        else:
+            self._fail(502, kind, message)
+
+    def _on_response_timeout(self) -> None:
+        self._timer = None
+        if not self.is_done and not self.resp_started:
+            self._fail(504, "timeout", "upstream did not answer in time")
+
+    def _arm_body_watchdog(self) -> None:
+        assert self.route is not None
+        self._timer = self.ctx.loop.call_later(
+            self.route.service.response_timeout, self._check_body_idle
+        )
+
+    def _check_body_idle(self) -> None:
+        self._timer = None
+        conn = self.conn
+        if self.is_done or conn is None:
+            return
+        assert self.route is not None
+        idle = self.ctx.loop.time() - conn.last_read
+        remaining = self.route.service.response_timeout - idle
+        if remaining > 0 or self.down.is_write_paused:
+            # Still within the deadline, or the client is the slow side: check again later.
+            self._timer = self.ctx.loop.call_later(max(remaining, 0.5), self._check_body_idle)
+            return
+        self._abort_midbody("timeout")
+
+    def _fail(self, status: int, kind: str, message: str) -> None:
+        """Answer the client ourselves after an upstream error charged to the backend."""
+        assert self.route is not None and self.backend is not None
+        self.ctx.director.attempt_failed(self.route, self.backend, kind)
+        self._drop_conn()
+        self.respond_locally(status, message)
+
+    def _abort_midbody(self, kind: str) -> None:
+        assert self.route is not None and self.backend is not None
+        self.ctx.director.attempt_failed(self.route, self.backend, kind)
+        self._drop_conn()
+        self.down.abort()
+        self._finish(self.status, keep_alive=False, aborted=True)
+
+    def _drop_conn(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+    # websocket tunnel ----------------------------------------------------------------------
+    def _start_tunnel(self) -> None:
+        assert self.conn is not None
+        self.is_tunnel = True
+        self._write_upgrade_head()
+        pending, self.tunnel_pending = self.tunnel_pending, []
+        for data in pending:
+            self.conn.write(data)
+        self.down.start_tunnel(self)
+
+    def _write_upgrade_head(self) -> None:
+        out = [http11.status_line(101)]
+        named = http11.connection_tokens(self.resp_headers)
+        for name, value in self.resp_headers:
+            lname = name.lower()
+            if not http11.is_hop_by_hop(lname, named):
+                out.append(b"%b: %b\r\n" % (name, value))
+            elif lname == b"upgrade":
+                out.append(b"Upgrade: %b\r\n" % value)
+        out.append(b"Connection: upgrade\r\nVia: " + VIA + b"\r\n\r\n")
+        self.resp_started = True
+        self.down.write(b"".join(out))
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.down.write(data)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        if self.conn is not None and self.is_tunnel:
+            self.conn.write(data)
+        elif not self.is_done:
+            self.tunnel_pending.append(data)
+
+    # the end -------------------------------------------------------------------------------
+    def respond_locally(self, status: int, message: str) -> None:
+        if self.is_done:
+            return
+        self.status = status
+        self.is_local = True
+        self.resp_started = True
+        keep_alive = self.down.can_keep_alive(self.head) and self.req_done
+        self.down.write(
+            http11.simple_response(
+                status, message, keep_alive=keep_alive, request_id=self.head.request_id
+            )
+        )
+        self._finish(status, keep_alive=keep_alive)
+
+    def _finish(self, status: int, *, keep_alive: bool, aborted: bool = False) -> None:
+        self.is_done = True
+        self._cancel_timer()
+        duration = time.monotonic() - self.head.started
+        self.ctx.record(self, status, duration, aborted)
+        self.down.exchange_finished(self, keep_alive)
+
+    def client_lost(self) -> None:
+        """The client went away before the answer was complete: 499, charged to no pool."""
+        if self.is_done:
+            if self.is_tunnel and self.conn is not None:
+                self.conn.abort()
+            return
+        self.is_done = True
+        self._cancel_timer()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        self._drop_conn()
+        self.status = 499
+        duration = time.monotonic() - self.head.started
+        self.ctx.record(self, 499, duration, True)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
+    """The request head sent to the backend (RFC 9110 §7.6: hop-by-hop out, Via in)."""
+    out = [b"%b %b HTTP/1.1\r\n" % (head.method, head.target)]
+    named = http11.connection_tokens(head.headers)
+    chain: list[bytes] = []
+    proto = fhost = None
+    trusted = head.is_trusted
+    for (lname, value), (name, _) in zip(head.lheaders, head.headers, strict=True):
+        if http11.is_hop_by_hop(lname, named) or lname == strip:
+            continue
+        if lname in http11.FORWARDED:
+            if trusted:
+                if lname == b"x-forwarded-for":
+                    chain.append(value)
+                elif lname == b"x-forwarded-proto":
+                    proto = value
+                elif lname == b"x-forwarded-host":
+                    fhost = value
+            continue
+        out.append(b"%b: %b\r\n" % (name, value))
+    xff = http11.forwarded_for(chain, head.client_ip, trusted)
+    out.append(b"X-Forwarded-For: %b\r\n" % xff)
+    out.append(b"X-Forwarded-Proto: %b\r\n" % (proto or b"http"))
+    out.append(b"X-Forwarded-Host: %b\r\n" % (fhost or head.host.encode("latin-1")))
+    out.append(b"X-Request-Id: %b\r\nVia: %b\r\n" % (head.request_id, VIA))
+    if head.body_kind == CHUNKED_BODY:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if head.upgrade is not None:
+        out.append(b"Upgrade: %b\r\nConnection: upgrade\r\n" % head.upgrade)
+    out.append(b"\r\n")
+    return b"".join(out)

@@ -1,0 +1,162 @@
+"""HTTP/1.1 message rules the proxy keeps, as pure functions over header lists.
+
+Rules (RFC 9110 / RFC 9112):
+- Hop-by-hop headers (``Connection`` and every header it names, ``Keep-Alive``, ``TE``,
+  ``Trailer``, ``Transfer-Encoding``, ``Upgrade``, ``Proxy-*``) are never forwarded, in either
+  direction (RFC 9110 §7.6.1).  The proxy frames each side itself.
+- ``Expect`` is answered by the proxy and not forwarded (RFC 9110 §10.1.1).
+- A request must carry exactly one valid ``Host`` (RFC 9112 §3.2); a request target is
+  origin-form, absolute-form (its authority replaces Host, §3.2.2) or ``*`` for OPTIONS.
+- ``Content-Length`` with ``Transfer-Encoding`` is refused (§6.3, request smuggling); a
+  transfer coding other than ``chunked`` is 501 (§6.1).
+- Control characters never pass in a header value (RFC 9110 §5.5).
+
+Headers are lists of ``(name, value)`` bytes pairs as the parser delivered them; names are
+compared lower-cased.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Headers the proxy sets itself on the way upstream; incoming copies are dropped or merged.
+FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"expect"}
+)
+VIA = b"1.1 canaryproxy"
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+_HOST_RE = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?$")
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,200}$")
+_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNKED_RE = re.compile(rb"^\s*chunked\s*$", re.IGNORECASE)
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses before it reaches any backend; carries the status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """Lower-cased tokens of every ``Connection`` header (they name more hop-by-hop headers)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def is_hop_by_hop(lname: bytes, named: set[bytes]) -> bool:
+    return lname in HOP_BY_HOP or lname in named or lname.startswith(b"proxy-")
+
+
+def is_valid_host(value: bytes) -> bool:
+    return bool(value) and _HOST_RE.match(value) is not None
+
+
+def is_valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID_RE.match(value) is not None
+
+
+def has_control_chars(value: bytes) -> bool:
+    return _CTL_RE.search(value) is not None
+
+
+def is_chunked(value: bytes) -> bool:
+    return _CHUNKED_RE.match(value) is not None
+
+
+def split_absolute_target(target: bytes) -> tuple[bytes, bytes]:
+    """``http://host:port/p?q`` → (authority, origin-form target); BadRequest otherwise."""
+    lower = target[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = target[7:]
+    elif lower.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        raise BadRequest(400, "request target must be origin-form or absolute http(s) URL")
+    cut = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        pos = rest.find(sep)
+        if pos != -1:
+            cut = min(cut, pos)
+    authority, path = rest[:cut], rest[cut:]
+    if b"@" in authority or not is_valid_host(authority):
+        raise BadRequest(400, "invalid authority in absolute-form request target")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
+
+
+def reason_phrase(status: int) -> bytes:
+    if status == 499:
+        return b"Client Closed Request"
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
+def simple_response(
+    status: int,
+    message: str,
+    *,
+    keep_alive: bool,
+    request_id: bytes | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """A complete small text response the proxy answers itself (errors, OPTIONS *)."""
+    body = (message + "\n").encode() if message else b""
+    lines = [status_line(status)]
+    lines.append(b"Content-Type: text/plain; charset=utf-8\r\n")
+    lines.append(b"Content-Length: %d\r\n" % len(body))
+    lines.append(b"Via: " + VIA + b"\r\n")
+    if request_id:
+        lines.append(b"X-Request-Id: " + request_id + b"\r\n")
+    lines.extend(name + b": " + value + b"\r\n" for name, value in extra)
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
+
+
+def forwarded_for(existing: Iterable[bytes], peer: bytes, trusted: bool) -> bytes:
+    """X-Forwarded-For: append the peer to a trusted chain, otherwise start a new one."""
+    if not trusted:
+        return peer
+    chain = b", ".join(v.strip() for v in existing if v.strip())
+    return chain + b", " + peer if chain else peer
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,143 @@
+"""Where outcomes go: metrics, the judge, ejections and the access log.
+
+The engine and the director report here (``Recorder`` and ``Observer``); this module turns
+each report into counter increments, judge updates and — when the judge says so — an
+ejection.  It decides nothing itself.
+
+Accounting rules (SPEC.md "Metrics" and "Error budget"):
+- ``canaryproxy_requests_total`` counts final responses under the pool that served them;
+  proxy-made 502/504 under the pool whose backend failed, 503 under the pool decided.
+  A 499 (client gone) is charged to no pool.
+- The judge sees one outcome per attempt: a failed attempt (connect, timeout, reset,
+  protocol, or a canary user served by stable because the canary had no backend) as an
+  error of that backend's pool when it happens, and an upstream answer at the end of the
+  request (5xx is an error) with its duration.  A 503 with no backend anywhere is an error
+  of the decided pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from canaryproxy.metrics import UPSTREAM_ERROR_KINDS, Metrics
+
+if TYPE_CHECKING:
+    from canaryproxy.accesslog import AccessLog
+    from canaryproxy.budget import Ejection, Judge
+    from canaryproxy.director import PoolName, Route
+    from canaryproxy.exchange import Exchange
+    from canaryproxy.state import RuntimeState
+
+log = logging.getLogger("canaryproxy.judge")
+
+
+class Hub:
+    def __init__(
+        self,
+        metrics: Metrics,
+        state: RuntimeState,
+        judges: Mapping[str, Judge],
+        access_log: AccessLog,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.metrics = metrics
+        self.state = state
+        self.judges = dict(judges)
+        self.access_log = access_log
+        self.monotonic = monotonic
+        self.fallbacks: dict[tuple[str, str], int] = {}
+
+    # Observer (director) ---------------------------------------------------------------------
+    def attempt_failed(self, service: str, pool: PoolName, kind: str) -> None:
+        if kind in UPSTREAM_ERROR_KINDS:
+            pm = self.metrics.pool(service, pool)
+            pm.upstream_error(kind)
+            pm.attempt("failed")
+        self._judge(service, pool, True, 0.0)
+
+    def upstream_answered(self, service: str, pool: PoolName, status: int) -> None:
+        self.metrics.pool(service, pool).attempt("ok")
+
+    def fallback(self, service: str, wanted: PoolName, served: PoolName) -> None:
+        key = (service, f"{wanted}->{served}")
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+
+    # Recorder (engine) -----------------------------------------------------------------------
+    def request_started(self, route: Route) -> None:
+        self.metrics.pool(route.service.name, route.decided).in_flight.inc()
+
+    def request_done(self, exchange: Exchange, status: int, duration: float, aborted: bool) -> None:
+        route = exchange.route
+        if route is not None:
+            self._account(exchange, route, status, duration, aborted)
+        if self.access_log.is_enabled:
+            self.access_log.write(_entry(exchange, status, duration))
+
+    def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None:
+        self.metrics.rejected(status)
+        if self.access_log.is_enabled:
+            self.access_log.write(
+                {"client": client_ip.decode(), "status": status, "rejected": reason}
+            )
+
+    def _account(
+        self, exchange: Exchange, route: Route, status: int, duration: float, aborted: bool
+    ) -> None:
+        name = route.service.name
+        self.metrics.pool(name, route.decided).in_flight.dec()
+        if status == 499:
+            self.metrics.client_abort(name)
+            return
+        pool = route.decided if status == 503 and exchange.is_local else route.served
+        self.metrics.pool(name, pool).observe(status, duration)
+        if exchange.is_local:
+            if status == 503:
+                self._judge(name, pool, True, duration)
+        elif not aborted:
+            self._judge(name, pool, status >= 500, duration)
+
+    # the judge -------------------------------------------------------------------------------
+    def _judge(self, service: str, pool: PoolName, is_error: bool, latency: float) -> None:
+        judge = self.judges.get(service)
+        if judge is None:
+            return
+        ejection = judge.record(pool, is_error, latency, self.monotonic())
+        if ejection is not None:
+            self.eject(service, ejection)
+
+    def eject(self, service: str, ejection: Ejection) -> None:
+        if not self.state.eject_now(service, ejection.rule, ejection.reason):
+            return
+        self.metrics.set_ejected(service, True)
+        self.metrics.set_weight(service, 0.0)
+        self.metrics.count_ejection(service, ejection.rule)
+        self.metrics.set_verdict(service, "ejected")
+        log.warning(
+            "canary ejected",
+            extra={
+                "service": service,
+                "rule": ejection.rule,
+                "reason": ejection.reason,
+                "evidence": ejection.evidence,
+            },
+        )
+
+
+def _entry(exchange: Exchange, status: int, duration: float) -> dict[str, object]:
+    head = exchange.head
+    route = exchange.route
+    backend = exchange.backend
+    return {
+        "client": head.client_ip.decode(),
+        "method": head.method.decode(),
+        "path": head.path,
+        "host": head.host,
+        "status": status,
+        "service": route.service.name if route else None,
+        "pool": route.served if route else None,
+        "backend": backend.url if backend else None,
+        "duration_ms": round(duration * 1000, 3),
+        "request_id": head.request_id.decode(),
+    }

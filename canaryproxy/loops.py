@@ -1,0 +1,95 @@
+"""The only code that sleeps: active health checks and the once-a-second tick.
+
+Each loop is a task owned by ``Loops``, which cancels and awaits them on shutdown or reload.
+Probes use aiohttp off the request path; a probe's result goes through the pure
+``ActiveCheck`` (rise/fall); a flip is logged and shown in ``canaryproxy_backend_healthy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import aiohttp
+
+from canaryproxy.director import BackendRuntime, ServiceRuntime
+from canaryproxy.health import ActiveCheck, is_check_success, next_check_delay
+
+log = logging.getLogger("canaryproxy.health")
+
+
+class Loops:
+    def __init__(self, tick: Callable[[], None], rng: random.Random) -> None:
+        self.tick = tick
+        self.rng = rng
+        self.tasks: list[asyncio.Task[None]] = []
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self, services: Sequence[ServiceRuntime]) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True), auto_decompress=False
+            )
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._tick_loop()))
+        for service in services:
+            hc = service.config.health_check
+            if hc is None:
+                continue
+            for backend in service.all_backends():
+                if backend.health is not None and backend.health.check is not None:
+                    task = self._probe_loop(service.name, backend, backend.health.check, hc)
+                    self.tasks.append(loop.create_task(task))
+
+    async def stop(self) -> None:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("tick failed")
+
+    async def _probe_loop(
+        self, service: str, backend: BackendRuntime, check: ActiveCheck, hc: object
+    ) -> None:
+        path: str = hc.path  # type: ignore[attr-defined]
+        interval: float = hc.interval  # type: ignore[attr-defined]
+        timeout: float = hc.timeout  # type: ignore[attr-defined]
+        url = f"http://{backend.host}:{backend.port}{path}"
+        await asyncio.sleep(self.rng.random() * min(interval, 1.0))  # spread the first probes
+        while True:
+            ok, detail = await self._probe(url, timeout)
+            if check.observe(ok):
+                state = "up" if check.is_healthy else "down"
+                log.warning(
+                    f"backend {state}",
+                    extra={"service": service, "pool": backend.pool, "backend": backend.url,
+                           "detail": detail},
+                )
+                self.tick()
+            await asyncio.sleep(next_check_delay(interval, self.rng.random))
+
+    async def _probe(self, url: str, timeout: float) -> tuple[bool, str]:
+        assert self.session is not None
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+            ) as resp:
+                await resp.read()
+                return is_check_success(resp.status), f"status {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,472 @@
+"""Client side of the data path: an asyncio protocol per client connection on llhttp.
+
+Rules:
+- The request head is validated before anything is routed (RFC 9112 §3, §6): one valid
+  ``Host``; HTTP/1.0 or 1.1; origin-, absolute- or asterisk-form target; ``chunked`` as the
+  only transfer coding; ``Expect: 100-continue`` or nothing.  A refused request is answered
+  with its status and the connection closed; it never reaches a backend.
+- Deadlines protect the proxy: ``header_timeout`` from the first byte of a head to its end,
+  ``body_timeout`` of silence while a body is read (both 408), ``keepalive_timeout`` idle.
+- Pipelined requests are answered in order; reading pauses while one is in flight.
+- The connection is the unit of draining: on SIGTERM idle ones close, busy ones close after
+  their current response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, cast
+
+import httptools
+
+from canaryproxy import http11
+from canaryproxy.exchange import CHUNKED_BODY, LENGTH_BODY, Exchange, RequestHead
+from canaryproxy.http11 import BadRequest
+
+if TYPE_CHECKING:
+    from canaryproxy.config import LimitsConfig
+    from canaryproxy.director import Director, Route
+    from canaryproxy.upstream import BackendPool
+
+MAX_HEADERS = 100
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Recorder(Protocol):
+    def request_started(self, route: Route) -> None: ...
+    def request_done(self, exchange: Exchange, status: int, duration: float, aborted: bool) -> None: ...
+    def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None: ...
+
+
+class ProxyContext:
+    """Everything a connection needs, built once at startup and shared by all connections."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        director: Director,
+        pools: dict[str, BackendPool],
+        limits: LimitsConfig,
+        trusted_proxies: Sequence[Network],
+        recorder: Recorder,
+    ) -> None:
+        self.loop = loop
+        self.director = director
+        self.pools = pools
+        self.limits = limits
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.recorder = recorder
+        self.connections: set[Downstream] = set()
+        self.is_draining = False
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted_proxies:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_proxies)
+
+    def record(self, exchange: Exchange, status: int, duration: float, aborted: bool) -> None:
+        self.recorder.request_done(exchange, status, duration, aborted)
+
+
+class Downstream(asyncio.Protocol):
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.limits = ctx.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: http11.Headers = []
+        self.lheaders: http11.Headers = []
+        self.head_bytes = 0
+        self.client_ip = b""
+        self.is_trusted = False
+        self.current: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.upgrading: Exchange | None = None
+        self.pipeline: deque[Exchange] = deque()
+        self.in_message = False
+        self.message_started = 0.0
+        self.last_read = 0.0
+        self.is_closing = False
+        self.is_write_paused = False
+        self._body_paused = False
+        self._pipeline_paused = False
+        self._reading_paused = False
+        self._bad: BadRequest | None = None
+        self._pending_reject: bytes | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Downstream {self.client_ip.decode()} current={self.current!r} "
+            f"pipeline={len(self.pipeline)} closing={self.is_closing}>"
+        )
+
+    # connection life cycle -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=64 * 1024)
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        self.client_ip = ip.encode()
+        self.is_trusted = self.ctx.is_trusted(ip)
+        self.ctx.connections.add(self)
+        self.last_read = self.loop.time()
+        self._arm(self.last_read + self.limits.keepalive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closing = True
+        self.ctx.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        current, self.current = self.current, None
+        if current is not None:
+            current.client_lost()
+        self.pipeline.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgrading is not None:
+            self.upgrading.tunnel_from_client(data)
+            return
+        if self.is_closing:
+            return
+        self.last_read = self.loop.time()
+        if self.parsing is None:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
+                self._reject(431, "request header fields too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            tail = data[upgrade.args[0] :]
+            if self.upgrading is not None and tail:
+                self.upgrading.tunnel_from_client(tail)
+        except httptools.HttpParserError as exc:
+            bad, self._bad = self._bad, None
+            if bad is not None:
+                self._reject(bad.status, bad.reason)
+            elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+                self._reject(501, "method not implemented")
+            else:
+                self._reject(400, f"malformed request: {exc}")
+
+    def pause_writing(self) -> None:
+        self.is_write_paused = True
+        conn = self.current.conn if self.current is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.is_write_paused = False
+        conn = self.current.conn if self.current is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
+
+    # httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.lheaders = []
+        self.in_message = True
+        self.message_started = time.monotonic()  # uvloop's loop.time() has ms resolution
+        self._arm(self.loop.time() + self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            self._fail(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.lheaders.append((name.lower(), value))
+        if len(self.headers) > MAX_HEADERS:
+            self._fail(431, "too many header fields")
+
+    def on_headers_complete(self) -> None:
+        head = self._build_head()
+        self.head_bytes = 0
+        exchange = Exchange(self, head)
+        self.parsing = exchange
+        if head.upgrade is not None:
+            self.upgrading = exchange
+        if head.body_kind:
+            self._arm(self.loop.time() + self.limits.body_timeout)
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.pipeline.append(exchange)
+            self._pipeline_paused = True
+            self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.parsing = self.parsing, None
+        self.in_message = False
+        if exchange is not None:
+            exchange.body_complete()
+
+    # request head validation -----------------------------------------------------------------
+    def _fail(self, status: int, reason: str) -> None:
+        self._bad = BadRequest(status, reason)
+        raise self._bad
+
+    def _build_head(self) -> RequestHead:
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._fail(505, f"HTTP version {version} not supported")
+        method: bytes = parser.get_method()
+        if method == b"CONNECT":
+            self._fail(501, "CONNECT is not supported by this reverse proxy")
+        head = RequestHead()
+        head.method = method
+        head.version = version.encode()
+        head.keep_alive = parser.should_keep_alive()
+        head.headers = self.headers
+        head.lheaders = self.lheaders
+        head.client_ip = self.client_ip
+        head.is_trusted = self.is_trusted
+        head.started = self.message_started
+        self._read_headers(head)
+        self._read_target(head)
+        return head
+
+    def _read_headers(self, head: RequestHead) -> None:
+        hosts: list[bytes] = []
+        content_length = transfer_encoding = None
+        upgrade = None
+        for lname, value in self.lheaders:
+            if lname == b"host":
+                hosts.append(value)
+            elif lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                transfer_encoding = value
+            elif lname == b"expect":
+                if value.strip().lower() != b"100-continue":
+                    self._fail(417, "only Expect: 100-continue is supported")
+                head.expect_continue = head.version == b"1.1"
+            elif lname == b"x-request-id" and http11.is_valid_request_id(value):
+                head.request_id = value
+            elif lname == b"upgrade":
+                upgrade = value
+        if len(hosts) > 1:
+            self._fail(400, "duplicate Host header")
+        if hosts and not http11.is_valid_host(hosts[0]):
+            self._fail(400, "invalid Host header")
+        if not hosts and head.version == b"1.1":
+            self._fail(400, "missing Host header")
+        head.host = hosts[0].decode("latin-1") if hosts else ""
+        if transfer_encoding is not None:
+            if content_length is not None:
+                self._fail(400, "both Content-Length and Transfer-Encoding")
+            if not http11.is_chunked(transfer_encoding):
+                self._fail(501, "unsupported Transfer-Encoding")
+            head.body_kind = CHUNKED_BODY
+        elif content_length is not None:
+            if not content_length.isdigit():
+                self._fail(400, "invalid Content-Length")
+            if int(content_length) > 0:
+                head.body_kind = LENGTH_BODY
+        if upgrade is not None and self.parser.should_upgrade():
+            head.upgrade = upgrade
+        if not head.request_id:
+            head.request_id = os.urandom(16).hex().encode()
+
+    def _read_target(self, head: RequestHead) -> None:
+        target = self.url
+        if target.startswith(b"/"):
+            head.target = target
+        elif target == b"*":
+            if head.method != b"OPTIONS":
+                self._fail(400, "asterisk-form target is only for OPTIONS")
+            head.target = target
+        else:
+            authority, head.target = http11.split_absolute_target(target)
+            head.host = authority.decode("latin-1")
+            head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+            head.headers.append((b"Host", authority))
+            head.lheaders = [(n.lower(), v) for n, v in head.headers]
+        query = head.target.find(b"?")
+        path = head.target if query == -1 else head.target[:query]
+        head.path = path.decode("latin-1")
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Refuse a malformed request: answer with its status and close the connection."""
+        if self.is_closing:
+            return
+        self.ctx.recorder.request_rejected(status, reason, self.client_ip)
+        response = http11.simple_response(status, reason, keep_alive=False)
+        self._pipeline_paused = True
+        self._update_reading()
+        if self.current is not None:
+            self._pending_reject = response  # answer in order, after the request in flight
+            return
+        self.write(response)
+        self._close()
+
+    # used by the exchange --------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def can_keep_alive(self, head: RequestHead) -> bool:
+        return (
+            head.keep_alive
+            and head.upgrade is None
+            and not self.ctx.is_draining
+            and not self.is_closing
+            and self._pending_reject is None
+        )
+
+    def set_body_paused(self, paused: bool) -> None:
+        self._body_paused = paused
+        self._update_reading()
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        self._pipeline_paused = False
+        self._body_paused = False
+        self._update_reading()
+
+    def abort(self) -> None:
+        self.is_closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
+        if exchange is not self.current:
+            return
+        self.current = None
+        if exchange.is_tunnel or not keep_alive or self.is_closing:
+            self._close()
+            return
+        if self._pending_reject is not None:
+            self.write(self._pending_reject)
+            self._close()
+            return
+        if self.pipeline:
+            self.current = self.pipeline.popleft()
+            self.current.start()
+            return
+        self._pipeline_paused = False
+        self._update_reading()
+        self._arm(self.loop.time() + self.limits.keepalive_timeout)
+
+    def close_if_idle(self) -> None:
+        if self.current is None and not self.in_message:
+            self._close()
+
+    # internals -------------------------------------------------------------------------------
+    def _close(self) -> None:
+        self.is_closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _update_reading(self) -> None:
+        paused = self._body_paused or self._pipeline_paused
+        if paused != self._reading_paused and self.transport is not None:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the watchdog runs by ``deadline``; it re-reads the state when it fires."""
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.is_closing:
+            return
+        now = self.loop.time()
+        limits = self.limits
+        parsing = self.parsing
+        if self.upgrading is not None and self.upgrading.is_tunnel:
+            return  # tunnels have no proxy-side deadline; either side may close
+        if self.in_message and parsing is None:
+            deadline = now + self.message_started + limits.header_timeout - time.monotonic()
+            if now >= deadline:
+                self._reject(408, "timed out reading the request head")
+                return
+        elif parsing is not None and not parsing.req_done:
+            deadline = self.last_read + limits.body_timeout
+            if self._body_paused:
+                deadline = now + limits.body_timeout  # we are the slow side, not the client
+            elif now >= deadline:
+                self._body_timeout(parsing)
+                return
+        elif self.current is None:
+            deadline = self.last_read + limits.keepalive_timeout
+            if now >= deadline:
+                self._close()
+                return
+        else:
+            return  # waiting on the upstream: its own deadlines apply
+        self._arm(deadline)
+
+    def _body_timeout(self, exchange: Exchange) -> None:
+        if exchange.resp_started or exchange is not self.current:
+            self.abort()
+            if self.current is not None:
+                self.current.client_lost()
+            return
+        self.ctx.recorder.request_rejected(408, "timed out reading the request body", self.client_ip)
+        exchange.client_lost()
+        self.current = None
+        self.write(http11.simple_response(408, "timed out reading the request body", keep_alive=False))
+        self._close()
+
+
+class ProxyServer:
+    """The listening socket(s) and the drain on shutdown."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = await self.ctx.loop.create_server(
+            lambda: Downstream(self.ctx), host, port, reuse_address=True, backlog=1024
+        )
+        sockname = self.server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace``, then cut the rest."""
+        self.ctx.is_draining = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.ctx.connections):
+            conn.close_if_idle()
+        deadline = self.ctx.loop.time() + grace
+        while self.ctx.connections and self.ctx.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.ctx.connections):
+            conn.abort()
+        for pool in self.ctx.pools.values():
+            pool.close_all()

@@ -1,0 +1,200 @@
+"""The one owner of runtime state: per-service canary weight, ejection and epoch.
+
+Rules:
+- On start, a service's persisted record overrides its config ``canary_weight`` (an
+  operator's change outlives the file it started from); a service with no record starts
+  from the config.  Which one won is logged and shown in STATE (``weight_source``).
+- An operator's change is committed to the store before it takes effect and before the
+  admin response is sent; if the commit fails nothing changes.
+- An automatic ejection takes effect at once (the next request must not reach the canary)
+  and is committed right after; shutdown waits for pending commits.
+- An ejection bumps the epoch, so every canary cookie stops counting.
+- Changes are serialised by one lock, so the store sees them in the order they happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from canaryproxy.store import AuditEntry, ServiceRecord, StateStore
+
+log = logging.getLogger("canaryproxy.state")
+
+
+class Conflict(Exception):
+    """The change is not allowed in the current state (e.g. a weight while ejected)."""
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """Mutable runtime knobs of one service; read on every request, written only here."""
+
+    name: str
+    canary_weight: float
+    is_ejected: bool = False
+    eject_reason: str | None = None
+    eject_rule: str | None = None
+    ejected_at: float | None = None
+    weight_before_eject: float | None = None
+    epoch: int = 0
+    weight_source: str = "config"
+
+    @property
+    def effective_weight(self) -> float:
+        return 0.0 if self.is_ejected else self.canary_weight
+
+    def record(self) -> ServiceRecord:
+        return ServiceRecord(
+            canary_weight=self.canary_weight,
+            ejected=self.is_ejected,
+            eject_reason=self.eject_reason,
+            eject_rule=self.eject_rule,
+            ejected_at=self.ejected_at,
+            weight_before_eject=self.weight_before_eject,
+            epoch=self.epoch,
+        )
+
+    def apply(self, record: ServiceRecord) -> None:
+        self.canary_weight = record.canary_weight
+        self.is_ejected = record.ejected
+        self.eject_reason = record.eject_reason
+        self.eject_rule = record.eject_rule
+        self.ejected_at = record.ejected_at
+        self.weight_before_eject = record.weight_before_eject
+        self.epoch = record.epoch
+
+
+class RuntimeState:
+    def __init__(
+        self,
+        store: StateStore,
+        initial_weights: Mapping[str, float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.services: dict[str, ServiceState] = {}
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+        self.load(initial_weights)
+
+    def load(self, initial_weights: Mapping[str, float]) -> None:
+        """(Re)build the service table from the store, keeping objects that already exist."""
+        records = self.store.load()
+        services: dict[str, ServiceState] = {}
+        for name, weight in initial_weights.items():
+            state = self.services.get(name) or ServiceState(name=name, canary_weight=weight)
+            record = records.get(name)
+            if record is not None:
+                state.apply(record)
+                state.weight_source = "state"
+                if record.canary_weight != weight and name not in self.services:
+                    log.info(
+                        "state file overrides config weight",
+                        extra={"service": name, "config": weight, "state": record.canary_weight},
+                    )
+            elif name not in self.services:
+                state.canary_weight = weight
+            services[name] = state
+        self.services = services
+
+    def get(self, name: str) -> ServiceState:
+        return self.services[name]
+
+    # operator changes: persisted, then applied -----------------------------------------------
+    async def set_weight(self, name: str, weight: float, who: str) -> ServiceState:
+        async with self._lock:
+            state = self.services[name]
+            if state.is_ejected:
+                raise Conflict("the canary is ejected; restore it to set a weight")
+            new = replace(state.record(), canary_weight=weight)
+            await self._commit(state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight))
+            return state
+
+    async def eject(self, name: str, rule: str, reason: str, who: str) -> ServiceState:
+        async with self._lock:
+            state = self.services[name]
+            if state.is_ejected:
+                raise Conflict("the canary is already ejected")
+            new = self._ejected_record(state, rule, reason)
+            await self._commit(state, new, who, f"eject:{rule}", _fmt(state.canary_weight), reason)
+            return state
+
+    async def restore(self, name: str, weight: float | None, who: str) -> ServiceState:
+        async with self._lock:
+            state = self.services[name]
+            if not state.is_ejected:
+                raise Conflict("the canary is not ejected")
+            resume = weight if weight is not None else state.weight_before_eject
+            new = ServiceRecord(
+                canary_weight=resume if resume is not None else state.canary_weight,
+                ejected=False,
+                eject_reason=None,
+                eject_rule=None,
+                ejected_at=None,
+                weight_before_eject=None,
+                epoch=state.epoch,
+            )
+            old = f"ejected ({state.eject_rule})"
+            await self._commit(state, new, who, "restore", old, _fmt(new.canary_weight))
+            return state
+
+    # automatic ejection: applied at once, persisted right after ------------------------------
+    def eject_now(self, name: str, rule: str, reason: str) -> bool:
+        """Eject from the request path; False if it already was.  Persists in the background."""
+        state = self.services[name]
+        if state.is_ejected:
+            return False
+        old_weight = state.canary_weight
+        state.apply(self._ejected_record(state, rule, reason))
+        audit = self._audit("canaryproxy", name, f"eject:{rule}", _fmt(old_weight), reason)
+        task = asyncio.get_running_loop().create_task(self._persist(name, state.record(), audit))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return True
+
+    async def _persist(self, name: str, record: ServiceRecord, audit: AuditEntry) -> None:
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self.store.save, name, record, audit)
+            except Exception:
+                log.exception("could not persist ejection", extra={"service": name})
+
+    async def flush(self) -> None:
+        """Wait for background commits (called on shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    # helpers -------------------------------------------------------------------------------
+    def _ejected_record(self, state: ServiceState, rule: str, reason: str) -> ServiceRecord:
+        return replace(
+            state.record(),
+            ejected=True,
+            eject_reason=reason,
+            eject_rule=rule,
+            ejected_at=self.clock(),
+            weight_before_eject=state.canary_weight,
+            epoch=state.epoch + 1,  # ends every canary pin at once
+        )
+
+    async def _commit(
+        self, state: ServiceState, new: ServiceRecord, who: str, action: str, old: str, to: str
+    ) -> None:
+        audit = self._audit(who, state.name, action, old, to)
+        await asyncio.to_thread(self.store.save, state.name, new, audit)
+        state.apply(new)
+        state.weight_source = "state"
+        log.info(
+            "audit",
+            extra={"who": who, "service": state.name, "action": action, "old": old, "new": to},
+        )
+
+    def _audit(self, who: str, service: str, action: str, old: str, new: str) -> AuditEntry:
+        return AuditEntry(at=self.clock(), who=who, service=service, action=action, old=old, new=new)
+
+
+def _fmt(weight: float) -> str:
+    return f"{weight:g}"

@@ -1,0 +1,218 @@
+"""Upstream side of the data path: one protocol per backend connection, one pool per backend.
+
+Rules:
+- One request at a time on a connection (no upstream pipelining); a connection goes back to
+  its pool only after a complete response to a fully sent request that both sides keep alive.
+- Idle connections are dropped after ``IDLE_TIMEOUT`` (shorter than common backend keep-alive
+  timeouts, so the backend rarely closes first) and whenever they see bytes or EOF while idle.
+- The pool decides under no lock: everything here runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+if TYPE_CHECKING:
+    from canaryproxy.exchange import Exchange
+
+IDLE_TIMEOUT = 4.0
+MAX_IDLE_PER_BACKEND = 128
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class StopParsing(Exception):
+    """Raised inside a parser callback to stop at the end of a bodiless HEAD response."""
+
+
+class UpstreamConn(asyncio.Protocol):
+    __slots__ = (
+        "_idle_handle",
+        "exchange",
+        "head_bytes",
+        "is_closed",
+        "last_read",
+        "parser",
+        "pool",
+        "requests",
+        "transport",
+    )
+
+    def __init__(self, pool: BackendPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.requests = 0
+        self.head_bytes = 0
+        self.last_read = 0.0
+        self.is_closed = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else ("busy" if self.exchange else "idle")
+        return f"<UpstreamConn {self.pool.address} {state} requests={self.requests}>"
+
+    # asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=64 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection: the backend broke framing or is closing. Drop it.
+            self.close()
+            return
+        self.last_read = self.pool.loop.time()
+        if exchange.is_tunnel:
+            exchange.tunnel_from_upstream(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except StopParsing:
+            pass
+        except httptools.HttpParserUpgrade as upgrade:
+            # A 101: the bytes after its head already belong to the tunnel.
+            if exchange.is_tunnel and len(data) > upgrade.args[0]:
+                exchange.tunnel_from_upstream(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            if self.exchange is exchange:
+                exchange.upstream_failed("protocol", f"bad upstream response: {exc}")
+            else:
+                self.close()  # garbage after a complete response on a parked connection
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        self._cancel_idle()
+        self.pool.forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.pause_request_body()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume_request_body()
+
+    # httptools callbacks, forwarded to the exchange -------------------------------------------
+    # A callback without an exchange means bytes beyond the response we asked for: raising
+    # stops the parser, and data_received drops the connection.
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.exchange is None or self.head_bytes > MAX_RESPONSE_HEAD:
+            raise ValueError("unexpected or oversized upstream response head")
+        self.exchange.resp_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = 0
+        if self.exchange is None:
+            raise ValueError("unexpected upstream response")
+        self.exchange.on_response_head(self.parser.get_status_code(), self)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is None:
+            raise ValueError("unexpected upstream body")
+        self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_complete()
+
+    # pool life cycle -----------------------------------------------------------------------
+    def attach(self, exchange: Exchange) -> None:
+        self._cancel_idle()
+        self.exchange = exchange
+        self.requests += 1
+        self.last_read = self.pool.loop.time()
+
+    def detach(self) -> None:
+        self.exchange = None
+
+    def reset_parser(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+
+    def park(self) -> None:
+        self.exchange = None
+        self._idle_handle = self.pool.loop.call_later(IDLE_TIMEOUT, self.close)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.exchange = None
+        if not self.is_closed:
+            self.is_closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _cancel_idle(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+
+class BackendPool:
+    """Keep-alive connections to one backend address; LIFO reuse keeps the hot ones warm."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.idle: list[UpstreamConn] = []
+
+    def __repr__(self) -> str:
+        return f"<BackendPool {self.address} idle={len(self.idle)}>"
+
+    def take_idle(self) -> UpstreamConn | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.is_closed:
+                return conn
+        return None
+
+    def give_back(self, conn: UpstreamConn) -> None:
+        if conn.is_closed or len(self.idle) >= MAX_IDLE_PER_BACKEND:
+            conn.close()
+            return
+        conn.park()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConn) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def connect(self, timeout: float) -> UpstreamConn:
+        """Open a fresh connection; raises OSError or TimeoutError."""
+        factory: Any = lambda: UpstreamConn(self)  # noqa: E731
+        async with asyncio.timeout(timeout):
+            _, proto = await self.loop.create_connection(factory, self.host, self.port)
+        assert isinstance(proto, UpstreamConn)
+        return proto
+
+    def close_all(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
