@@ -1,0 +1,406 @@
+"""The configuration schema: frozen typed objects, and a parser for each kind of value.
+
+Rules this module keeps (SPEC "Configuration file"):
+- every key but ``services`` is optional and has a safe default; unknown keys are errors;
+- values are parsed, not coerced: ``true`` is not a number and ``"10"`` is not a weight;
+- every parser raises ValueError carrying the message only; config.py adds the key path;
+- checks that span several keys raise ``Problems``, naming the key each problem sits at.
+``limits`` and ``metrics`` are canaryproxy extensions to the SPEC file format.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network
+from typing import Annotated, ClassVar, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from canaryproxy.durations import (
+    duration,
+    format_duration,
+    fraction,
+    parse_canary_weight,
+    show,
+    whole,
+)
+
+# parse_config passes this as the validation context; Python callers building objects
+# directly do not, so they may set fields the file may not (ServiceConfig.name).
+FROM_FILE = {"source": "file"}
+
+KeyPath = tuple[str | int, ...]
+
+
+class Problems(ValueError):
+    """Several errors found by one cross-key check, each at a path relative to the model."""
+
+    def __init__(self, problems: list[tuple[KeyPath, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketBy:
+    source: Literal["header", "cookie"]
+    name: str
+
+
+# --- value parsers -------------------------------------------------------------------
+
+# RFC 9110 §5.6.2 tchar; RFC 6265 §4.1.1 makes a cookie-name the same token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_URL_HINT = "must be an http:// URL with host and port"
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOSTNAME.fullmatch(host) is not None
+    return True
+
+
+def parse_address(value: object) -> Address:
+    match = _ADDRESS.fullmatch(value.strip()) if isinstance(value, str) else None
+    host = "" if match is None else (match["v6"] or match["host"] or "0.0.0.0").lower()
+    if match is None or not _is_host(host) or (match["v6"] is not None and ":" not in host):
+        raise ValueError(f"must be host:port, [IPv6]:port or :port, got {show(value)}")
+    port = int(match["port"])
+    if port > 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {show(value)}")
+    return Address(host, port)
+
+
+def parse_network(value: object) -> IPv4Network | IPv6Network:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            pass
+    raise ValueError(f"must be an IP address or CIDR network like 10.0.0.0/8, got {show(value)}")
+
+
+def parse_backend_url(value: object) -> str:
+    """Normalise to ``http://host:port``: a backend is an origin, the request path is kept."""
+    try:
+        parts = urlsplit(value.strip()) if isinstance(value, str) else None
+        port = None if parts is None else parts.port
+    except ValueError:
+        raise ValueError(f"{_URL_HINT}, got {show(value)}") from None
+    if parts is None or parts.scheme.lower() != "http" or not _is_host(parts.hostname or ""):
+        raise ValueError(f"{_URL_HINT}, got {show(value)}")
+    if parts.username is not None or parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError(f"{_URL_HINT} and no path, query or user info, got {show(value)}")
+    if port == 0:
+        raise ValueError(f"port must be between 1 and 65535, got {show(value)}")
+    host = str(parts.hostname)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port or 80}"
+
+
+def parse_host_pattern(value: object) -> str:
+    host = value.strip().lower().rstrip(".") if isinstance(value, str) else ""
+    bare = host.removeprefix("*.")
+    if host != "*" and (not _is_host(bare) or ":" in bare):
+        raise ValueError(f"must be a hostname, *.domain or *, got {show(value)}")
+    return host
+
+
+def parse_token(value: object) -> str:
+    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
+        raise ValueError(
+            f"must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~), got {show(value)}"
+        )
+    return value
+
+
+def parse_bucket_by(value: object) -> BucketBy:
+    source, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if source not in ("header", "cookie") or _TOKEN.fullmatch(name) is None:
+        raise ValueError(f"must be header:NAME or cookie:NAME, got {show(value)}")
+    return BucketBy("header" if source == "header" else "cookie", name)
+
+
+def parse_url_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or re.search(r"[\s?#]", value):
+        raise ValueError(f"must be a path starting with /, got {show(value)}")
+    return value
+
+
+def parse_non_empty_string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {show(value)}")
+    return value
+
+
+def parse_service_name(value: object) -> str:
+    # Names become metric labels and admin URL segments (/admin/services/{name}).
+    if not isinstance(value, str) or _SERVICE_NAME.fullmatch(value) is None:
+        raise ValueError("service name must be letters, digits, '_', '.' or '-'")
+    return value
+
+
+PositiveDuration = Annotated[float, PlainValidator(duration(allow_zero=False))]
+Duration = Annotated[float, PlainValidator(duration(allow_zero=True))]
+AtLeastOne = Annotated[int, PlainValidator(whole(1))]
+Token = Annotated[str, PlainValidator(parse_token)]
+UrlPath = Annotated[str, PlainValidator(parse_url_path)]
+NonEmptyString = Annotated[str, PlainValidator(parse_non_empty_string)]
+AddressField = Annotated[Address, PlainValidator(parse_address)]
+Network = Annotated[IPv4Network | IPv6Network, PlainValidator(parse_network)]
+
+# --- models --------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    # Fields that exist on the object but are not keys of the file (hidden from "did you mean").
+    keys_not_in_file: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_defaults(cls, data: object) -> object:
+        # `sticky:` with every line below it commented out reads as null.
+        return {} if data is None else data
+
+
+class AdminConfig(_Frozen):
+    listen: AddressField = Address("127.0.0.1", 9901)
+    token: NonEmptyString | None = None
+
+
+class StateConfig(_Frozen):
+    path: NonEmptyString = "var/canaryproxy.db"
+
+
+class StickyConfig(_Frozen):
+    cookie: Token = "cp_pool"
+    secrets: tuple[NonEmptyString, ...] = ()
+    max_age: PositiveDuration = 86400.0
+    secure: bool = Field(default=False, strict=True)
+    same_site: Literal["Strict", "Lax", "None"] = "Lax"
+    mode: Literal["session", "cohort"] = "session"
+
+    @model_validator(mode="after")
+    def _none_needs_secure(self) -> Self:
+        if self.same_site == "None" and not self.secure:
+            message = "None requires secure: true (browsers reject SameSite=None without Secure)"
+            raise Problems([(("same_site",), message)])
+        return self
+
+
+class LimitsConfig(_Frozen):
+    """Extension: protocol limits and timeouts of the proxy's client side."""
+
+    header_timeout: PositiveDuration = 10.0
+    body_timeout: PositiveDuration = 30.0
+    keepalive_timeout: Duration = 15.0
+    drain_timeout: Duration = 30.0
+    max_header_bytes: AtLeastOne = 65536
+    max_url_bytes: AtLeastOne = 8192
+
+
+DEFAULT_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class MetricsConfig(_Frozen):
+    """Extension: latency histogram buckets, in seconds (durations allowed)."""
+
+    buckets: tuple[PositiveDuration, ...] = DEFAULT_BUCKETS
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Self:
+        if not self.buckets:
+            raise Problems([(("buckets",), "must list at least one bucket")])
+        for before, after in zip(self.buckets, self.buckets[1:], strict=False):
+            if after <= before:
+                raise Problems(
+                    [(("buckets",), f"must be strictly increasing, got {after:g} after {before:g}")]
+                )
+        return self
+
+
+class BackendConfig(_Frozen):
+    url: Annotated[str, PlainValidator(parse_backend_url)]
+    weight: Annotated[int, PlainValidator(whole(1, 1000))] = 1
+
+    @cached_property
+    def host(self) -> str:
+        return str(urlsplit(self.url).hostname)
+
+    @cached_property
+    def port(self) -> int:
+        return int(urlsplit(self.url).port or 80)
+
+
+class PoolConfig(_Frozen):
+    backends: tuple[BackendConfig, ...]
+
+    @model_validator(mode="after")
+    def _unique_backends(self) -> Self:
+        if not self.backends:
+            raise Problems([(("backends",), "must list at least one backend")])
+        # One URL twice would collide in metrics labels; a higher weight says the same.
+        seen: set[str] = set()
+        problems: list[tuple[KeyPath, str]] = []
+        for index, backend in enumerate(self.backends):
+            if backend.url in seen:
+                problems.append((("backends", index, "url"), f"duplicate backend {backend.url!r}"))
+            seen.add(backend.url)
+        if problems:
+            raise Problems(problems)
+        return self
+
+
+class MatchConfig(_Frozen):
+    hosts: tuple[Annotated[str, PlainValidator(parse_host_pattern)], ...] = ("*",)
+    path_prefix: UrlPath = "/"
+
+    @model_validator(mode="after")
+    def _some_host(self) -> Self:
+        if not self.hosts:
+            raise Problems([(("hosts",), "must list at least one host ('*' matches any)")])
+        return self
+
+
+class TimeoutsConfig(_Frozen):
+    connect: PositiveDuration = 2.0
+    response: PositiveDuration = 30.0
+
+
+class HealthCheckConfig(_Frozen):
+    path: UrlPath = "/healthz"
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 1.0
+    rise: AtLeastOne = 2
+    fall: AtLeastOne = 3
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> Self:
+        if self.timeout >= self.interval:
+            message = f"must be shorter than interval ({format_duration(self.interval)})"
+            raise Problems([(("timeout",), f"{message}, got {format_duration(self.timeout)}")])
+        return self
+
+
+class OutlierConfig(_Frozen):
+    consecutive_failures: AtLeastOne = 5
+    base_ejection_time: PositiveDuration = 30.0
+    max_ejection_time: PositiveDuration = 300.0
+
+    @model_validator(mode="after")
+    def _max_not_below_base(self) -> Self:
+        if self.max_ejection_time < self.base_ejection_time:
+            base = format_duration(self.base_ejection_time)
+            message = f"must not be shorter than base_ejection_time ({base})"
+            got = format_duration(self.max_ejection_time)
+            raise Problems([(("max_ejection_time",), f"{message}, got {got}")])
+        return self
+
+
+class ErrorBudgetConfig(_Frozen):
+    alpha: Annotated[float, PlainValidator(fraction(0.5, include_high=False))] = 0.0005
+    stable_guard: Annotated[float, PlainValidator(fraction(1, include_high=True))] = 0.05
+    window: PositiveDuration = 60.0
+    min_requests: AtLeastOne = 100
+    max_error_rate: Annotated[float, PlainValidator(fraction(1, include_high=True))] = 0.10
+    max_p99_latency: PositiveDuration | None = None
+
+
+class ServiceConfig(_Frozen):
+    keys_not_in_file: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    name: str = ""  # the key under `services`, filled in by Config
+    match: MatchConfig = MatchConfig()
+    stable: PoolConfig
+    canary: PoolConfig | None = None
+    canary_weight: Annotated[float, PlainValidator(parse_canary_weight)] = 0.0
+    bucket_by: Annotated[BucketBy, PlainValidator(parse_bucket_by)] | None = None
+    override_header: Token | None = None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierConfig = OutlierConfig()
+    error_budget: ErrorBudgetConfig = ErrorBudgetConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_the_key(cls, value: str, info: ValidationInfo) -> str:
+        if info.context is FROM_FILE:
+            raise ValueError("unknown key (the service name is its key under services)")
+        return value
+
+    @model_validator(mode="after")
+    def _weight_needs_canary(self) -> Self:
+        if self.canary_weight > 0 and self.canary is None:
+            raise Problems([(("canary_weight",), "set but the service has no canary pool")])
+        return self
+
+
+class Config(_Frozen):
+    listen: AddressField = Address("0.0.0.0", 8080)
+    trusted_proxies: tuple[Network, ...] = ()
+    admin: AdminConfig = AdminConfig()
+    state: StateConfig = StateConfig()
+    sticky: StickyConfig = StickyConfig()
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    services: dict[Annotated[str, PlainValidator(parse_service_name)], ServiceConfig] = Field(
+        default_factory=dict, validate_default=True
+    )
+
+    @field_validator("services")
+    @classmethod
+    def _named_and_present(cls, services: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        if not services:
+            raise ValueError("at least one service is required")
+        return {key: service.model_copy(update={"name": key}) for key, service in services.items()}
+
+    @model_validator(mode="after")
+    def _unambiguous(self) -> Self:
+        problems = _overlapping_services(self.services)
+        if self.listen == self.admin.listen and self.listen.port != 0:
+            problems.append((("admin", "listen"), f"same address as listen ({self.listen})"))
+        if problems:
+            raise Problems(problems)
+        return self
+
+
+def _overlapping_services(services: dict[str, ServiceConfig]) -> list[tuple[KeyPath, str]]:
+    """Two services claiming the same host and path_prefix would route by file order."""
+    owner: dict[tuple[str, str], str] = {}
+    problems: list[tuple[KeyPath, str]] = []
+    for name, service in services.items():
+        prefix = service.match.path_prefix
+        for host in service.match.hosts:
+            other = owner.setdefault((host, prefix), name)
+            if other != name:
+                message = f"host {host!r} with path_prefix {prefix!r} is already matched by"
+                message += f" service {other!r}"
+                problems.append((("services", name, "match"), message))
+                break
+    return problems
