@@ -1,0 +1,293 @@
+"""The OpenAPI 3.1 description of the admin API, served at GET /admin/openapi.json.
+
+It is the machine-readable form of SPEC.md "Admin API" and is what tests/test_admin.py checks
+the running API against (with schemathesis). Request-body limits here are the ones admin.py
+enforces: change them together.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["MAX_REASON_CHARS", "openapi_document"]
+
+# Longest eject reason accepted; it is logged and persisted in the audit line.
+MAX_REASON_CHARS = 500
+
+JSON = "application/json"
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return _json(_ref("Error"), description)
+
+
+_UNAUTHORIZED = {
+    **_error("Missing or wrong bearer token."),
+    "headers": {
+        "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer challenge."}
+    },
+}
+_METHOD_NOT_ALLOWED = {
+    **_error("Method not allowed on this route."),
+    "headers": {"Allow": {"schema": {"type": "string"}, "description": "Allowed methods."}},
+}
+
+
+def _admin_responses(ok: Schema, *extra: str) -> Schema:
+    """Responses every /admin route can give, plus the ones named in `extra`."""
+    possible = {
+        "400": _error("The body is not what this route accepts."),
+        "404": _error("No service by that name."),
+        "409": _error("Not possible in the service's current state (e.g. ejected)."),
+        "413": _error("The body is larger than 64 KiB."),
+        "415": _error("The body is not application/json."),
+    }
+    responses: Schema = {
+        "200": ok,
+        "401": _UNAUTHORIZED,
+        "403": _error("No admin token is configured: the admin API is disabled."),
+        "405": _METHOD_NOT_ALLOWED,
+        "500": _error("The change could not be made or persisted."),
+    }
+    responses.update({code: possible[code] for code in extra})
+    return responses
+
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Service name, as in the config file.",
+    "schema": {"type": "string", "minLength": 1},
+    "example": "web",
+}
+_BEARER: list[Schema] = [{"bearerAuth": []}]
+
+
+def _write(summary: str, body: str, body_required: bool) -> Schema:
+    return {
+        "summary": summary,
+        "security": _BEARER,
+        "parameters": [_NAME],
+        "requestBody": {"required": body_required, "content": {JSON: {"schema": _ref(body)}}},
+        "responses": _admin_responses(
+            _json(_ref("State"), "The service's new STATE, persisted."),
+            "400",
+            "404",
+            "409",
+            "413",
+            "415",
+        ),
+    }
+
+
+_PATHS: Schema = {
+    "/healthz": {
+        "get": {
+            "summary": "Liveness of the admin listener (no token).",
+            "security": [],
+            "responses": {
+                "200": _json(_ref("Health"), "Alive."),
+                "405": _METHOD_NOT_ALLOWED,
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus exposition (no token).",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Text format 0.0.4, or OpenMetrics when Accept asks for it.",
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "application/openmetrics-text": {"schema": {"type": "string"}},
+                    },
+                },
+                "405": _METHOD_NOT_ALLOWED,
+            },
+        }
+    },
+    "/admin/services": {
+        "get": {
+            "summary": "STATE of every service.",
+            "security": _BEARER,
+            "responses": _admin_responses(_json(_ref("ServiceList"), "Every service.")),
+        }
+    },
+    "/admin/services/{name}": {
+        "get": {
+            "summary": "STATE of one service.",
+            "security": _BEARER,
+            "parameters": [_NAME],
+            "responses": _admin_responses(_json(_ref("State"), "The service."), "404"),
+        }
+    },
+    "/admin/services/{name}/weight": {
+        "put": _write("Set the canary weight (0 drains). 409 while ejected.", "WeightBody", True)
+    },
+    "/admin/services/{name}/eject": {
+        "post": _write("Eject the canary by hand; ends every canary pin.", "EjectBody", False)
+    },
+    "/admin/services/{name}/restore": {
+        "post": _write(
+            "End an ejection; resume at `canary` or at the weight before the ejection.",
+            "RestoreBody",
+            False,
+        )
+    },
+    "/admin/openapi.json": {
+        "get": {
+            "summary": "This document.",
+            "security": _BEARER,
+            "responses": _admin_responses(
+                {"description": "OpenAPI 3.1 document.", "content": {JSON: {"schema": {}}}}
+            ),
+        }
+    },
+}
+
+_WEIGHT: Schema = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 100,
+    "description": "Canary weight in percent; decimals allowed.",
+}
+_NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+
+_SCHEMAS: Schema = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+    },
+    "WindowStats": {
+        "type": "object",
+        "required": ["requests", "errors", "error_rate", "p50_ms", "p99_ms"],
+        "properties": {
+            "requests": _COUNT,
+            "errors": _COUNT,
+            "error_rate": _NULLABLE_NUMBER,
+            "p50_ms": _NULLABLE_NUMBER,
+            "p99_ms": _NULLABLE_NUMBER,
+        },
+    },
+    "Backend": {
+        "type": "object",
+        "required": ["pool", "url", "healthy"],
+        "properties": {
+            "pool": {"enum": ["stable", "canary"]},
+            "url": {"type": "string"},
+            "healthy": {"type": "boolean"},
+        },
+    },
+    "State": {
+        "type": "object",
+        "description": "A service's runtime state (SPEC.md, Admin API). More keys may appear.",
+        "required": [
+            "name",
+            "canary_weight",
+            "ejected",
+            "eject_reason",
+            "verdict",
+            "evidence",
+            "window",
+            "backends",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "canary_weight": _WEIGHT,
+            "ejected": {"type": "boolean"},
+            "eject_reason": {"type": ["string", "null"]},
+            "verdict": {
+                "enum": ["insufficient_samples", "healthy", "shared_degradation", "ejected"]
+            },
+            "evidence": {"type": "object"},
+            "window": {
+                "type": "object",
+                "required": ["stable", "canary"],
+                "properties": {
+                    "stable": _ref("WindowStats"),
+                    "canary": {"oneOf": [_ref("WindowStats"), {"type": "null"}]},
+                },
+            },
+            "backends": {"type": "array", "items": _ref("Backend")},
+            # Optional: what the persisted record adds (store.ServiceRecord).
+            "configured_weight": _WEIGHT,
+            "weight_source": {
+                "enum": ["config", "state"],
+                "description": "Whether the weight came from the config file or the state file.",
+            },
+            "eject_rule": {"type": ["string", "null"]},
+            "ejected_at": _NULLABLE_NUMBER,
+            "weight_before_eject": {"oneOf": [_WEIGHT, {"type": "null"}]},
+            "epoch": _COUNT,
+        },
+    },
+    "ServiceList": {
+        "type": "object",
+        "required": ["services"],
+        "properties": {
+            "services": {"type": "object", "additionalProperties": _ref("State")},
+        },
+    },
+    "WeightBody": {
+        "type": "object",
+        "required": ["canary"],
+        "additionalProperties": False,
+        "properties": {"canary": _WEIGHT},
+    },
+    "EjectBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "reason": {
+                "type": ["string", "null"],
+                "maxLength": MAX_REASON_CHARS,
+                # No control characters: the reason goes into log and audit lines verbatim.
+                "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+            }
+        },
+    },
+    "RestoreBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"canary": _WEIGHT},
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may not share or mutate a module constant)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "canaryproxy admin API",
+            "version": "1",
+            "description": (
+                "Read and change canary weights and ejections. Every /admin route needs "
+                '`Authorization: Bearer <admin.token>`; errors are JSON {"error": "…"}.'
+            ),
+        },
+        "paths": copy.deepcopy(_PATHS),
+        "components": {
+            "schemas": copy.deepcopy(_SCHEMAS),
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }
