@@ -190,7 +190,12 @@ class Exchange:
         assert self.route is not None
         self.conn = conn
         conn.attach(self)
-        conn.write(self.upstream_head)
+        if self.head.host:
+            conn.write(self.upstream_head)
+        else:
+            # HTTP/1.0 without Host: HTTP/1.1 upstream needs one; name the backend (as nginx).
+            assert self.backend is not None
+            conn.write(self.upstream_head[:-2] + b"Host: %b\r\n\r\n" % self.backend.key.encode())
         if self.body_buffer:
             conn.write(b"".join(self.body_buffer))
             self.body_buffer = []
@@ -294,7 +299,7 @@ class Exchange:
         self.down.write(chunk(data) if self.resp_chunked else data)
 
     def on_response_complete(self) -> None:
-        if self.is_done or not self.resp_started:
+        if self.is_done or not self.resp_started or self.is_tunnel:
             return
         if self.resp_chunked:
             self.down.write(LAST_CHUNK)

@@ -146,9 +146,6 @@ class Downstream(asyncio.Protocol):
         self.last_read = self.loop.time()
         if self.parsing is None:
             self.head_bytes += len(data)
-            if self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
-                self._reject(431, "request header fields too large")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -163,6 +160,12 @@ class Downstream(asyncio.Protocol):
                 self._reject(501, "method not implemented")
             else:
                 self._reject(400, f"malformed request: {exc}")
+            return
+        # A head still incomplete after this read: bound what llhttp may be buffering for us
+        # (one read at most beyond the limit).
+        if self.in_message and self.parsing is None:
+            if self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
+                self._reject(431, "request header fields too large")
 
     def pause_writing(self) -> None:
         self.is_write_paused = True

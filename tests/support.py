@@ -1,0 +1,371 @@
+"""Test tooling: real backends and a real proxy on 127.0.0.1 ephemeral ports.
+
+``Backend`` is an aiohttp app with endpoints for every behaviour the proxy must handle;
+``RawBackend`` answers with exact bytes (garbage, truncation, stale keep-alive);
+``start_proxy`` runs the real engine in the test's event loop; ``raw_request`` talks bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from canaryproxy.accesslog import AccessLog
+from canaryproxy.app import Clocks, Proxy
+from canaryproxy.config import Config, parse_config
+from canaryproxy.store import MemoryStateStore, StateStore
+
+LOCAL = "127.0.0.1"
+
+
+class Backend:
+    """A real HTTP backend that records what reached it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[dict[str, Any]] = []
+        self.peers: list[tuple[str, int]] = []
+        self.health_status = 200
+        self.fail_rate_every = 0  # every Nth request answers 500 (0: never)
+        self.count = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCAL}:{self.port}"
+
+    async def start(self) -> Backend:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/ws", self.ws)
+        app.router.add_route("*", "/upload", self.upload)
+        app.router.add_get("/download/{size}", self.download)
+        app.router.add_get("/sleep/{seconds}", self.sleep)
+        app.router.add_route("*", "/status/{code}", self.status)
+        app.router.add_get("/hop", self.hop)
+        app.router.add_get("/chunked", self.chunked)
+        app.router.add_route("*", "/{tail:.*}", self.echo)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, LOCAL, 0)
+        await site.start()
+        server: Any = site._server
+        self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def _note(self, request: web.Request, **extra: Any) -> None:
+        self.count += 1
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            self.peers.append(peer)
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": list(request.headers.items()),
+                **extra,
+            }
+        )
+
+    async def echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._note(request, body=body)
+        if self.fail_rate_every and self.count % self.fail_rate_every == 0:
+            return web.Response(status=500, text=f"{self.name} failed")
+        payload = {
+            "backend": self.name,
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": list(request.headers.items()),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        return web.json_response(payload)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(status=self.health_status, text="ok")
+
+    async def upload(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for data in request.content.iter_any():
+            digest.update(data)
+            size += len(data)
+        self._note(request)
+        return web.json_response({"sha256": digest.hexdigest(), "size": size})
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        self._note(request)
+        size = int(request.match_info["size"])
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        block = b"x" * 65536
+        sent = 0
+        while sent < size:
+            part = block[: min(len(block), size - sent)]
+            await resp.write(part)
+            sent += len(part)
+        await resp.write_eof()
+        return resp
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        self._note(request)
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(5):
+            await resp.write(f"part{i};".encode())
+        await resp.write_eof()
+        return resp
+
+    async def sleep(self, request: web.Request) -> web.Response:
+        self._note(request)
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return web.Response(text="slept")
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._note(request)
+        code = int(request.match_info["code"])
+        if code in (204, 304):
+            return web.Response(status=code)
+        return web.Response(status=code, text=f"status {code}")
+
+    async def hop(self, request: web.Request) -> web.Response:
+        self._note(request)
+        return web.Response(
+            text="hop",
+            headers={
+                "Connection": "X-Secret-Hop",
+                "X-Secret-Hop": "1",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authenticate": "Basic",
+                "X-End-To-End": "kept",
+            },
+        )
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        self._note(request)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawBackend:
+    """A backend that answers with whatever bytes a test scripts."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCAL}:{self.port}"
+
+    async def start(self) -> RawBackend:
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(on_conn, LOCAL, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def dead_url() -> str:
+    """A URL nothing listens on (connect is refused)."""
+    return f"http://{LOCAL}:{free_port()}"
+
+
+def service(
+    stable: list[str] | list[dict[str, Any]],
+    canary: list[str] | list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    def pool(urls: list[str] | list[dict[str, Any]]) -> dict[str, Any]:
+        return {"backends": [u if isinstance(u, dict) else {"url": u} for u in urls]}
+
+    out: dict[str, Any] = {"stable": pool(stable), **extra}
+    if canary is not None:
+        out["canary"] = pool(canary)
+    return out
+
+
+def make_config(services: dict[str, Any], **top: Any) -> Config:
+    data: dict[str, Any] = {
+        "listen": f"{LOCAL}:0",
+        "admin": {"listen": f"{LOCAL}:0", "token": "test-token"},
+        "sticky": {"secrets": ["test-secret"]},
+        "services": services,
+    }
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_config(data, env={})
+
+
+class RunningProxy:
+    def __init__(self, proxy: Proxy, access: list[dict[str, Any]]) -> None:
+        self.proxy = proxy
+        self.access = access
+
+    @property
+    def port(self) -> int:
+        return self.proxy.proxy_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCAL}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{LOCAL}:{self.proxy.admin_address[1]}"
+
+
+class ListStream:
+    """A text stream for the access log that keeps parsed lines."""
+
+    def __init__(self, sink: list[dict[str, Any]]) -> None:
+        self.sink = sink
+
+    def write(self, text: str) -> int:
+        self.sink.extend(json.loads(line) for line in text.splitlines() if line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@asynccontextmanager
+async def start_proxy(
+    config: Config, store: StateStore | None = None, clocks: Clocks | None = None
+) -> AsyncIterator[RunningProxy]:
+    access: list[dict[str, Any]] = []
+    log = AccessLog(ListStream(access))  # type: ignore[arg-type]
+    proxy = Proxy(config, store=store or MemoryStateStore(), clocks=clocks, access_log=log)
+    await proxy.start()
+    try:
+        yield RunningProxy(proxy, access)
+    finally:
+        await proxy.stop()
+
+
+async def raw_request(port: int, data: bytes, *, read_timeout: float = 5.0) -> bytes:
+    """Send bytes, read until the server closes (or the timeout), return everything read."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(read_timeout):
+            while True:
+                part = await reader.read(65536)
+                if not part:
+                    break
+                chunks.append(part)
+    except TimeoutError:
+        pass
+    finally:
+        writer.close()
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+# Real processes -------------------------------------------------------------------------------
+class ProxyProcess:
+    """``canaryproxy run`` as a child process; knows its bound ports from its log lines."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_lines: list[dict[str, Any]] = []
+        self.proxy_port = 0
+        self.admin_port = 0
+
+    def start(self, timeout: float = 15.0) -> ProxyProcess:
+        cmd = [sys.executable, "-m", "canaryproxy", "run", "--config", str(self.config_path)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env
+        )
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while not (self.proxy_port and self.admin_port):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"proxy did not start: {self.stderr_lines}")
+            line = self.proc.stderr.readline()
+            if not line:
+                continue
+            entry = json.loads(line)
+            self.stderr_lines.append(entry)
+            if entry.get("msg") == "listening":
+                port = int(entry["address"].rsplit(":", 1)[1])
+                if entry["listener"] == "proxy":
+                    self.proxy_port = port
+                else:
+                    self.admin_port = port
+        return self
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def rest_of_log(self) -> list[dict[str, Any]]:
+        assert self.proc is not None and self.proc.stderr is not None
+        return [json.loads(line) for line in self.proc.stderr.read().splitlines() if line]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
