@@ -1,3 +1,3 @@
 from canaryproxy.cli import main
 
-main()
+main(prog_name="canaryproxy")

@@ -76,14 +76,20 @@ class Proxy:
         self.healths: dict[tuple[str, str, str], BackendHealth] = {}
         self.pools: dict[str, BackendPool] = {}
         self.access_log = access_log or AccessLog(sys.stdout)
-        self.hub = Hub(self.metrics, self.state, self.judges, self.access_log, self.clocks.monotonic)
+        self.hub = Hub(
+            self.metrics, self.state, self.judges, self.access_log, self.clocks.monotonic
+        )
         self.director = self._build_director(config)
         self.ctx = ProxyContext(
             self.loop, self.director, self.pools, config.limits, config.trusted_proxies, self.hub
         )
         self.server = ProxyServer(self.ctx)
         self.controller = Controller(
-            lambda: self.director, self.state, self.judges, self.metrics, self.hub,
+            lambda: self.director,
+            self.state,
+            self.judges,
+            self.metrics,
+            self.hub,
             self.clocks.monotonic,
         )
         self.loops = Loops(self.tick, self.clocks.rng)
@@ -107,8 +113,12 @@ class Proxy:
         codec = None
         if sc.canary is not None:
             codec = CookieCodec(
-                name=sticky.cookie, secrets=self.secrets, max_age=sticky.max_age,
-                secure=sticky.secure, same_site=sticky.same_site, salt=sc.name,
+                name=sticky.cookie,
+                secrets=self.secrets,
+                max_age=sticky.max_age,
+                secure=sticky.secure,
+                same_site=sticky.same_site,
+                salt=sc.name,
             )
         runtime = ServiceRuntime(sc, self.state.get(sc.name), codec, sticky.mode)
         for backend in runtime.all_backends():
@@ -119,8 +129,9 @@ class Proxy:
                 od = sc.outlier_detection
                 health = BackendHealth(
                     ActiveCheck(hc.rise, hc.fall) if hc else None,
-                    OutlierDetector(od.consecutive_failures, od.base_ejection_time,
-                                    od.max_ejection_time),
+                    OutlierDetector(
+                        od.consecutive_failures, od.base_ejection_time, od.max_ejection_time
+                    ),
                 )
                 self.healths[key] = health
             backend.health = health
@@ -171,8 +182,10 @@ class Proxy:
             self.metrics.set_weight(service.name, state.effective_weight if service.canary else 0)
             self.metrics.set_ejected(service.name, state.is_ejected)
             judge = self.judges.get(service.name)
-            verdict = "ejected" if state.is_ejected else (
-                judge.verdict(now) if judge else "insufficient_samples"
+            verdict = (
+                "ejected"
+                if state.is_ejected
+                else (judge.verdict(now) if judge else "insufficient_samples")
             )
             self.metrics.set_verdict(service.name, verdict)
             for b in service.all_backends():
@@ -204,21 +217,31 @@ class Proxy:
 
 async def serve(config: Config, config_path: str | None) -> int:
     proxy = Proxy(config, config_path=config_path)
-    await proxy.start()
     stop = asyncio.Event()
+    started = asyncio.Event()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()
 
+    async def reload_when_started() -> bool:
+        await started.wait()
+        return await proxy.reload()
+
     def on_hup() -> None:
-        task = loop.create_task(proxy.reload())
+        task = loop.create_task(reload_when_started())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    # Installed before the listeners bind: a signal right after the "listening" line must
+    # not find the default disposition (which would kill the process).
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await proxy.start()
+    started.set()
     await stop.wait()
-    log.info("draining", extra={"grace_seconds": config.limits.drain_timeout})
+    log.info("draining", extra={"grace_seconds": proxy.config.limits.drain_timeout})
+    for task in list(reloads):
+        task.cancel()
     await proxy.stop()
     log.info("stopped")
     return 0
@@ -227,8 +250,11 @@ async def serve(config: Config, config_path: str | None) -> int:
 def _budget_params(sc: ServiceConfig) -> BudgetParams:
     eb = sc.error_budget
     return BudgetParams(
-        alpha=eb.alpha, stable_guard=eb.stable_guard, window=eb.window,
-        min_requests=eb.min_requests, max_error_rate=eb.max_error_rate,
+        alpha=eb.alpha,
+        stable_guard=eb.stable_guard,
+        window=eb.window,
+        min_requests=eb.min_requests,
+        max_error_rate=eb.max_error_rate,
         max_p99_latency=eb.max_p99_latency,
     )
 

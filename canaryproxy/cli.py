@@ -6,9 +6,10 @@ fatal error.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 
@@ -68,20 +69,30 @@ def run(config_path: str) -> None:
 
 @main.command()
 @click.option("--duration", type=float, default=None, help="Run unattended this many seconds.")
-@click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.2,
-              help="Share of canary requests that fail.")
-@click.option("--ramp-seconds", type=click.FloatRange(min=1), default=8.0,
-              help="Seconds between weight steps 5 → 10 → 25 → 50.")
+@click.option(
+    "--failure-rate",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    help="Share of canary requests that fail.",
+)
+@click.option(
+    "--ramp-seconds",
+    type=click.FloatRange(min=1),
+    default=8.0,
+    help="Seconds between weight steps 5 → 10 → 25 → 50.",
+)
 @click.option("--no-traffic", is_flag=True, help="Start everything but the traffic generator.")
-def demo(duration: float | None, failure_rate: float, ramp_seconds: float, no_traffic: bool) -> None:
+def demo(
+    duration: float | None, failure_rate: float, ramp_seconds: float, no_traffic: bool
+) -> None:
     """A self-contained show: stable and canary backends, the proxy, traffic, ejection."""
     from canaryproxy.demo import run_demo
 
     sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic)))
 
 
-def _run_loop(coro: object) -> int:
+def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     import uvloop
 
-    result = uvloop.run(coro)  # type: ignore[arg-type]
-    return int(result)
+    result: int = uvloop.run(coro)
+    return result

@@ -81,9 +81,7 @@ class Controller:
         }
         return out
 
-    def _verdict(
-        self, name: str, state: ServiceState, judge: Judge | None, now: float
-    ) -> str:
+    def _verdict(self, name: str, state: ServiceState, judge: Judge | None, now: float) -> str:
         if state.is_ejected:
             return "ejected"
         return judge.verdict(now) if judge else "insufficient_samples"

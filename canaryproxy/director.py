@@ -117,7 +117,9 @@ class ServiceRuntime:
         self.key_cookie = bucket_by.name if bucket_by and bucket_by.source == "cookie" else None
         self.stable = PoolRuntime("stable", self._backends("stable", config.stable.backends))
         canary = config.canary
-        self.canary = PoolRuntime("canary", self._backends("canary", canary.backends)) if canary else None
+        self.canary = (
+            PoolRuntime("canary", self._backends("canary", canary.backends)) if canary else None
+        )
 
     def _backends(self, pool: PoolName, configs: Sequence[BackendConfig]) -> list[BackendRuntime]:
         return [
@@ -137,7 +139,9 @@ class Route:
 
     __slots__ = ("decided", "served", "service", "set_cookie", "tried")
 
-    def __init__(self, service: ServiceRuntime, decided: PoolName, set_cookie: bytes | None) -> None:
+    def __init__(
+        self, service: ServiceRuntime, decided: PoolName, set_cookie: bytes | None
+    ) -> None:
         self.service = service
         self.decided: PoolName = decided
         self.served: PoolName = decided
@@ -175,7 +179,9 @@ class Director:
             return Route(service, "stable", None)
         return self._route_canary(service, service.codec, head)
 
-    def _route_canary(self, service: ServiceRuntime, codec: CookieCodec, head: RequestHead) -> Route:
+    def _route_canary(
+        self, service: ServiceRuntime, codec: CookieCodec, head: RequestHead
+    ) -> Route:
         cookies: list[bytes] = []
         override = key = None
         for lname, value in head.lheaders:
@@ -204,8 +210,8 @@ class Director:
         )
         set_cookie = None
         if decision.set_cookie:
-            value = codec.encode(decision.pool, decision.bucket, state.epoch, now)
-            set_cookie = codec.set_cookie_header(value)
+            signed = codec.encode(decision.pool, decision.bucket, state.epoch, now)
+            set_cookie = codec.set_cookie_header(signed)
         return Route(service, decision.pool, set_cookie)
 
     def next_backend(self, route: Route) -> BackendRuntime | None:

@@ -52,13 +52,11 @@ class Hub:
     # Observer (director) ---------------------------------------------------------------------
     def attempt_failed(self, service: str, pool: PoolName, kind: str) -> None:
         if kind in UPSTREAM_ERROR_KINDS:
-            pm = self.metrics.pool(service, pool)
-            pm.upstream_error(kind)
-            pm.attempt("failed")
+            self.metrics.pool(service, pool).upstream_error(kind)
         self._judge(service, pool, True, 0.0)
 
     def upstream_answered(self, service: str, pool: PoolName, status: int) -> None:
-        self.metrics.pool(service, pool).attempt("ok")
+        """Nothing to do yet: the answer is accounted when the response ends."""
 
     def fallback(self, service: str, wanted: PoolName, served: PoolName) -> None:
         key = (service, f"{wanted}->{served}")
@@ -90,6 +88,7 @@ class Hub:
         if status == 499:
             self.metrics.client_abort(name)
             return
+        self._count_attempts(exchange, route, status)
         pool = route.decided if status == 503 and exchange.is_local else route.served
         self.metrics.pool(name, pool).observe(status, duration)
         if exchange.is_local:
@@ -97,6 +96,16 @@ class Hub:
                 self._judge(name, pool, True, duration)
         elif not aborted:
             self._judge(name, pool, status >= 500, duration)
+
+    def _count_attempts(self, exchange: Exchange, route: Route, status: int) -> None:
+        """Every backend tried: all but the last failed and were retried elsewhere."""
+        tried = route.tried
+        for backend in tried[:-1]:
+            self.metrics.pool(route.service.name, backend.pool).attempt("retried")
+        if tried:
+            answered = exchange.resp_started and not exchange.is_local
+            outcome = "ok" if answered else "failed"
+            self.metrics.pool(route.service.name, tried[-1].pool).attempt(outcome)
 
     # the judge -------------------------------------------------------------------------------
     def _judge(self, service: str, pool: PoolName, is_error: bool, latency: float) -> None:

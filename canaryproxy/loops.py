@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
+from canaryproxy.config import HealthCheckConfig
 from canaryproxy.director import BackendRuntime, ServiceRuntime
 from canaryproxy.health import ActiveCheck, is_check_success, next_check_delay
 
@@ -64,12 +65,10 @@ class Loops:
                 log.exception("tick failed")
 
     async def _probe_loop(
-        self, service: str, backend: BackendRuntime, check: ActiveCheck, hc: object
+        self, service: str, backend: BackendRuntime, check: ActiveCheck, hc: HealthCheckConfig
     ) -> None:
-        path: str = hc.path  # type: ignore[attr-defined]
-        interval: float = hc.interval  # type: ignore[attr-defined]
-        timeout: float = hc.timeout  # type: ignore[attr-defined]
-        url = f"http://{backend.host}:{backend.port}{path}"
+        interval, timeout = hc.interval, hc.timeout
+        url = f"http://{backend.host}:{backend.port}{hc.path}"
         await asyncio.sleep(self.rng.random() * min(interval, 1.0))  # spread the first probes
         while True:
             ok, detail = await self._probe(url, timeout)
@@ -77,17 +76,21 @@ class Loops:
                 state = "up" if check.is_healthy else "down"
                 log.warning(
                     f"backend {state}",
-                    extra={"service": service, "pool": backend.pool, "backend": backend.url,
-                           "detail": detail},
+                    extra={
+                        "service": service,
+                        "pool": backend.pool,
+                        "backend": backend.url,
+                        "detail": detail,
+                    },
                 )
                 self.tick()
             await asyncio.sleep(next_check_delay(interval, self.rng.random))
 
-    async def _probe(self, url: str, timeout: float) -> tuple[bool, str]:
+    async def _probe(self, url: str, limit: float) -> tuple[bool, str]:
         assert self.session is not None
         try:
             async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+                url, timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False
             ) as resp:
                 await resp.read()
                 return is_check_success(resp.status), f"status {resp.status}"

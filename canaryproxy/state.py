@@ -111,7 +111,9 @@ class RuntimeState:
             if state.is_ejected:
                 raise Conflict("the canary is ejected; restore it to set a weight")
             new = replace(state.record(), canary_weight=weight)
-            await self._commit(state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight))
+            await self._commit(
+                state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight)
+            )
             return state
 
     async def eject(self, name: str, rule: str, reason: str, who: str) -> ServiceState:
@@ -193,7 +195,9 @@ class RuntimeState:
         )
 
     def _audit(self, who: str, service: str, action: str, old: str, new: str) -> AuditEntry:
-        return AuditEntry(at=self.clock(), who=who, service=service, action=action, old=old, new=new)
+        return AuditEntry(
+            at=self.clock(), who=who, service=service, action=action, old=old, new=new
+        )
 
 
 def _fmt(weight: float) -> str:

@@ -358,14 +358,26 @@ class ProxyProcess:
         return self
 
     def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the exit; collect the rest of the log and close the pipe."""
         assert self.proc is not None
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._drain_log()
+        return code
 
     def rest_of_log(self) -> list[dict[str, Any]]:
-        assert self.proc is not None and self.proc.stderr is not None
-        return [json.loads(line) for line in self.proc.stderr.read().splitlines() if line]
+        self._drain_log()
+        return self.stderr_lines
+
+    def _drain_log(self) -> None:
+        assert self.proc is not None
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            lines = self.proc.stderr.read().splitlines()
+            self.stderr_lines.extend(json.loads(line) for line in lines if line.startswith(b"{"))
+            self.proc.stderr.close()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc is not None:
+            self._drain_log()

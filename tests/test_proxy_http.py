@@ -112,6 +112,7 @@ async def test_upload_8mib_arrives_byte_identical(backend: Backend) -> None:
     async with start_proxy(config) as proxy, aiohttp.ClientSession() as session:
         async with session.post(proxy.url + "/upload", data=io.BytesIO(payload)) as resp:
             result = await resp.json()
+
         async def gen() -> AsyncIterator[bytes]:
             for i in range(0, len(payload), 100_000):
                 yield payload[i : i + 100_000]
@@ -163,7 +164,7 @@ async def test_bodiless_responses_keep_the_connection_usable(
     request = f"{method} {path} HTTP/1.1\r\nHost: a\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n"
     async with start_proxy(config) as proxy:
         response = await raw_request(proxy.port, request.encode(), read_timeout=1.0)
-    first, rest = response.split(b"\r\n\r\n", 1)
+    _, rest = response.split(b"\r\n\r\n", 1)
     assert rest.startswith(b"HTTP/1.1 200 OK"), rest[:80]
     assert b'"path": "/after"' in rest
     assert len(backend.seen) == 2
@@ -180,12 +181,15 @@ async def test_keep_alive_reuses_one_upstream_connection(backend: Backend) -> No
 
 async def test_pipelined_requests_are_answered_in_order(backend: Backend) -> None:
     config = make_config({"web": service([backend.url])})
-    request = b"".join(
-        f"GET /p{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5)
-    ) + b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    request = (
+        b"".join(f"GET /p{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5))
+        + b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
     async with start_proxy(config) as proxy:
         response = await raw_request(proxy.port, request)
-    order = [seg.split(b'"path": "')[1].split(b'"')[0] for seg in response.split(b"HTTP/1.1 200")[1:]]
+    order = [
+        seg.split(b'"path": "')[1].split(b'"')[0] for seg in response.split(b"HTTP/1.1 200")[1:]
+    ]
     assert order == [b"/p0", b"/p1", b"/p2", b"/p3", b"/p4", b"/last"]
 
 
@@ -194,8 +198,7 @@ async def test_expect_100_continue_is_answered_by_the_proxy(backend: Backend) ->
     async with start_proxy(config) as proxy:
         reader, writer = await asyncio.open_connection(LOCAL, proxy.port)
         writer.write(
-            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-            b"Expect: 100-continue\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
         )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim.startswith(b"HTTP/1.1 100 Continue")
@@ -263,7 +266,9 @@ async def test_no_matching_service_is_404() -> None:
     config = make_config({"web": service([backend.url], match={"hosts": ["app.test"]})})
     try:
         async with start_proxy(config) as proxy:
-            response = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n", read_timeout=1)
+            response = await raw_request(
+                proxy.port, b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n", read_timeout=1
+            )
     finally:
         await backend.stop()
     assert status_of(response) == 404
