@@ -1,0 +1,462 @@
+"""The proxy benchmark: wrk against a backend, nginx as a proxy, and canaryproxy, in one run.
+
+Rules this module keeps (issue 2, "What it must show"):
+- one backend for every target: a separate nginx (one worker, no access log) answering a
+  100-byte body on two ports, so the 95/5 split of both proxies reaches it on two addresses;
+- the proxy under test runs pinned to one core, the backend and wrk to another, so the
+  proxy never competes with its load generator (``taskset``, see benchmarks/README.md);
+- targets are measured interleaved (round robin, several rounds) and reported as medians:
+  on a shared VM only numbers from one interleaved run are comparable;
+- every child runs in its own session and is killed, with its whole process group, when
+  the ``Children`` that started it closes — also on Ctrl-C and errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+BODY = b"x" * 99 + b"\n"  # the 100-byte response body
+HOST = "127.0.0.1"
+_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}  # → milliseconds
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A benchmark that cannot run (missing tool, a child that would not start)."""
+
+
+# --- wrk output ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # socket errors plus non-2xx/3xx responses
+
+
+def _find(pattern: str, output: str) -> re.Match[str]:
+    match = re.search(pattern, output, re.MULTILINE)
+    if match is None:
+        raise ValueError(f"wrk output lacks {pattern!r}:\n{output}")
+    return match
+
+
+def _ms(number: str, unit: str) -> float:
+    return float(number) * _TIME_UNITS[unit]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Read the summary of ``wrk --latency``; raise ValueError when a figure is missing."""
+    total = _find(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)\b", output)
+    p50 = _find(r"^\s*50(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", output)
+    p99 = _find(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", output)
+    rps = _find(r"^Requests/sec:\s+([\d.]+)", output)
+    errors = 0
+    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors += int(non_2xx[1])
+    if sockets := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        errors += sum(int(n) for n in sockets.groups())
+    return WrkResult(
+        requests=int(total[1]),
+        seconds=_ms(total[2], total[3]) / 1e3,
+        rps=float(rps[1]),
+        p50_ms=_ms(p50[1], p50[2]),
+        p99_ms=_ms(p99[1], p99[2]),
+        errors=errors,
+    )
+
+
+# --- tools and processes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    nginx: str
+    wrk: str
+    taskset: str
+    canaryproxy: tuple[str, ...]
+
+
+def find_tools() -> Tools:
+    found = {
+        name: shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+        for name in ("nginx", "wrk", "taskset")
+    }
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise BenchError(f"missing {', '.join(missing)}: apt-get install nginx wrk util-linux")
+    script = Path(sys.executable).with_name("canaryproxy")
+    command = (str(script),) if script.exists() else (sys.executable, "-m", "canaryproxy")
+    return Tools(str(found["nginx"]), str(found["wrk"]), str(found["taskset"]), command)
+
+
+@dataclass
+class Children:
+    """Owns every process the benchmark starts; ``close`` ends them all, process groups too."""
+
+    taskset: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(
+        self, argv: list[str], core: int, stdout: IO[bytes] | int, stderr: IO[bytes] | int
+    ) -> subprocess.Popen[bytes]:
+        # A new session: Ctrl-C reaches only the runner, whose ``finally`` then ends the group.
+        proc = subprocess.Popen(
+            [self.taskset, "-c", str(core), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out; all bound at once so they differ, then released."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (all their threads), from /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return total / _CLOCK_TICKS
+
+
+def core_busy_seconds(core: int) -> float:
+    """Time CPU ``core`` spent not idle since boot, from /proc/stat (proc(5))."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name == f"cpu{core}":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+            return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    raise BenchError(f"no cpu{core} line in /proc/stat")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its direct children (nginx: the master and its workers)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == root:
+                children.append(int(entry.name))
+    return [root, *children]
+
+
+def _wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path
+) -> None:
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{what} did not become ready in 15 s:\n{_tail(log)}")
+
+
+def _tail(path: Path) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
+    except OSError:
+        return "(no log)"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# --- the three servers -----------------------------------------------------------------------
+
+_NGINX_HEAD = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+"""
+
+_BACKEND = """\
+    server {{
+        listen {host}:{a};
+        listen {host}:{b};
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
+}}
+"""
+
+# The nginx equivalent of the canaryproxy service: 95 % stable, 5 % canary, pooled keep-alive.
+_NGINX_PROXY = """\
+    upstream pools {{
+        server {host}:{a} weight=95;
+        server {host}:{b} weight=5;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {host}:{port};
+        location / {{
+            proxy_pass http://pools;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    url: str
+    pids: tuple[int, ...]  # the processes whose CPU time a request through it costs
+    proc: subprocess.Popen[bytes]
+
+    def cpu_pids(self) -> list[int]:
+        return process_tree(self.pids[0]) if len(self.pids) == 1 else list(self.pids)
+
+
+def start_nginx(
+    children: Children, tools: Tools, workdir: Path, body: str, port: int, core: int
+) -> Server:
+    workdir.mkdir(mode=0o755)
+    conf = workdir / "nginx.conf"
+    conf.write_text(_NGINX_HEAD.format(dir=workdir) + body)
+    log = workdir / "error.log"
+    argv = [tools.nginx, "-p", str(workdir), "-c", str(conf), "-e", str(log)]
+    proc = children.start(argv, core, subprocess.DEVNULL, log.open("ab"))
+    _wait_until(lambda: _accepts(port), proc, f"nginx ({conf})", log)
+    return Server(f"http://{HOST}:{port}/", (proc.pid,), proc)
+
+
+def start_backend(
+    children: Children, tools: Tools, workdir: Path, ports: tuple[int, int], core: int
+) -> Server:
+    # nginx reads \n in a quoted string as a newline: the body is BODY, byte for byte.
+    body = _BACKEND.format(host=HOST, a=ports[0], b=ports[1], body="x" * 99 + "\\n")
+    server = start_nginx(children, tools, workdir, body, ports[0], core)
+    _wait_until(lambda: _accepts(ports[1]), server.proc, "backend nginx", workdir / "error.log")
+    return server
+
+
+def start_nginx_proxy(
+    children: Children, tools: Tools, workdir: Path, backend: tuple[int, int], port: int, core: int
+) -> Server:
+    body = _NGINX_PROXY.format(host=HOST, a=backend[0], b=backend[1], port=port)
+    return start_nginx(children, tools, workdir, body, port, core)
+
+
+def canaryproxy_config(
+    workdir: Path, backend: tuple[int, int], extra: dict[str, object]
+) -> dict[str, object]:
+    """One service, stable and canary on the backend's two ports, canary_weight 5."""
+    service = {
+        "stable": {"backends": [{"url": f"http://{HOST}:{backend[0]}"}]},
+        "canary": {"backends": [{"url": f"http://{HOST}:{backend[1]}"}]},
+        "canary_weight": 5,
+    }
+    return {
+        "listen": f"{HOST}:0",
+        "admin": {"listen": f"{HOST}:0", "token": secrets.token_urlsafe(16)},
+        "state": {"path": str(workdir / "canaryproxy.db")},
+        "sticky": {"secrets": [secrets.token_urlsafe(32)]},
+        "services": {"web": service},
+        **extra,
+    }
+
+
+def listening(log: Path) -> dict[str, str]:
+    """The ``"msg": "listening"`` lines canaryproxy logged so far: listener → address."""
+    found: dict[str, str] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("msg") == "listening":
+            found[str(entry.get("listener", len(found)))] = str(entry["address"])
+    return found
+
+
+def start_canaryproxy(
+    children: Children,
+    tools: Tools,
+    workdir: Path,
+    config: dict[str, object],
+    core: int,
+    access_log: Path,
+) -> Server:
+    workdir.mkdir()
+    path = workdir / "canaryproxy.yaml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    log = workdir / "stderr.log"
+    argv = [*tools.canaryproxy, "run", "--config", str(path)]
+    proc = children.start(argv, core, access_log.open("ab"), log.open("ab"))
+    _wait_until(
+        lambda: "proxy" in listening(log) and "admin" in listening(log), proc, "canaryproxy", log
+    )
+    return Server(f"http://{listening(log)['proxy']}/", (proc.pid,), proc)
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str
+    cpu_pids: tuple[int, ...] = ()  # empty: no proxy in between, nothing to charge
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    target: str
+    connections: int
+    round: int
+    wrk: WrkResult
+    cpu_us_per_request: float | None  # proxy CPU time per request
+    proxy_busy: float | None  # proxy CPU time / wall time: 1.0 is one core saturated
+    others_on_core: float  # share of the proxy's core used by processes that are not the proxy
+
+
+def check_target(target: Target) -> None:
+    """One request before measuring: a 200 with the backend's body, or the run stops."""
+    request = urllib.request.Request(target.url)
+    for header in target.headers:
+        name, _, value = header.partition(":")
+        request.add_header(name.strip(), value.strip())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+        if response.status != 200 or body != BODY:
+            raise BenchError(f"{target.name}: got {response.status} {body[:80]!r}, not the body")
+
+
+def sticky_cookie(url: str) -> str:
+    """``name=value`` of the cookie canaryproxy sets, checked to be accepted as valid."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        set_cookie = str(response.headers.get("Set-Cookie", ""))
+    if not set_cookie:
+        raise BenchError("canaryproxy set no sticky cookie on a first request")
+    cookie = set_cookie.split(";", 1)[0].strip()
+    again = urllib.request.Request(url, headers={"Cookie": cookie})
+    with urllib.request.urlopen(again, timeout=5) as response:
+        if response.headers.get("Set-Cookie"):  # SPEC: a valid cookie is not set again
+            raise BenchError(f"canaryproxy replaced the cookie it set ({cookie}): not valid")
+    return cookie
+
+
+def run_wrk(
+    children: Children, tools: Tools, target: Target, connections: int, seconds: int, core: int
+) -> WrkResult:
+    argv = [tools.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for header in target.headers:
+        argv += ["-H", header]
+    proc = children.start([*argv, target.url], core, subprocess.PIPE, subprocess.STDOUT)
+    try:
+        output, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        children.stop(proc)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited with {proc.returncode}:\n{output.decode(errors='replace')}")
+    return parse_wrk(output.decode(errors="replace"))
+
+
+def measure(
+    children: Children,
+    tools: Tools,
+    target: Target,
+    connections: int,
+    seconds: int,
+    cores: tuple[int, int],
+    round_: int,
+) -> Sample:
+    """A 1 s warm-up, then the timed run, charging the proxy's CPU time to its requests.
+
+    ``cores`` is (proxy core, load core). What else ran on the proxy's core is measured
+    too: on a shared machine it says how far to trust the run.
+    """
+    proxy_core, load_core = cores
+    run_wrk(children, tools, target, connections, 1, load_core)
+    pids = list(target.cpu_pids)
+    proxy_before = cpu_seconds(pids)
+    core_before, wall_before = core_busy_seconds(proxy_core), time.monotonic()
+    result = run_wrk(children, tools, target, connections, seconds, load_core)
+    proxy = cpu_seconds(pids) - proxy_before
+    wall = time.monotonic() - wall_before
+    others = max(0.0, core_busy_seconds(proxy_core) - core_before - proxy) / wall
+    if not pids or not result.requests:
+        return Sample(target.name, connections, round_, result, None, None, others)
+    return Sample(
+        target.name,
+        connections,
+        round_,
+        result,
+        proxy / result.requests * 1e6,
+        proxy / result.seconds,
+        others,
+    )
