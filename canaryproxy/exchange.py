@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from canaryproxy import http11
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 BODY_BUFFER_LIMIT = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# RFC 9110 §9.3.7: ``OPTIONS *`` asks about the server itself; to its clients that is the proxy.
+OPTIONS_ALLOW = ((b"Allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
 
 # Body framing of the client's request.
 NO_BODY, LENGTH_BODY, CHUNKED_BODY = 0, 1, 2
@@ -130,14 +133,21 @@ class Exchange:
 
     def __repr__(self) -> str:
         h = self.head
-        return f"<Exchange {h.method.decode()} {h.target!r} status={self.status} done={self.is_done}>"
+        return (
+            f"<Exchange {h.method.decode()} {h.target!r} status={self.status} done={self.is_done}>"
+        )
 
     # start: route and pick a backend ---------------------------------------------------------
     def start(self) -> None:
         head = self.head
         route = self.ctx.director.route(head)
         if route is None:
-            self.respond_locally(404, "no service matches this host and path")
+            # No path_prefix matches "*" (config requires a leading "/"), so OPTIONS * lands
+            # here, off the hot path, and is answered without connecting anywhere.
+            if head.target == b"*":
+                self.respond_locally(200, "", extra=OPTIONS_ALLOW)
+            else:
+                self.respond_locally(404, "no service matches this host and path")
             return
         self.route = route
         self.ctx.recorder.request_started(route)
@@ -240,7 +250,8 @@ class Exchange:
             return
         self._cancel_timer()
         self.status = status
-        assert self.route is not None and self.backend is not None
+        assert self.route is not None
+        assert self.backend is not None
         self.ctx.director.upstream_answered(self.route, self.backend, status)
         if status == 101:
             if self.head.upgrade is None:
@@ -390,13 +401,15 @@ class Exchange:
 
     def _fail(self, status: int, kind: str, message: str) -> None:
         """Answer the client ourselves after an upstream error charged to the backend."""
-        assert self.route is not None and self.backend is not None
+        assert self.route is not None
+        assert self.backend is not None
         self.ctx.director.attempt_failed(self.route, self.backend, kind)
         self._drop_conn()
         self.respond_locally(status, message)
 
     def _abort_midbody(self, kind: str) -> None:
-        assert self.route is not None and self.backend is not None
+        assert self.route is not None
+        assert self.backend is not None
         self.ctx.director.attempt_failed(self.route, self.backend, kind)
         self._drop_conn()
         self.down.abort()
@@ -440,7 +453,9 @@ class Exchange:
             self.tunnel_pending.append(data)
 
     # the end -------------------------------------------------------------------------------
-    def respond_locally(self, status: int, message: str) -> None:
+    def respond_locally(
+        self, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         if self.is_done:
             return
         self.status = status
@@ -449,7 +464,11 @@ class Exchange:
         keep_alive = self.down.can_keep_alive(self.head) and self.req_done
         self.down.write(
             http11.simple_response(
-                status, message, keep_alive=keep_alive, request_id=self.head.request_id
+                status,
+                message,
+                keep_alive=keep_alive,
+                request_id=self.head.request_id,
+                extra=extra,
             )
         )
         self._finish(status, keep_alive=keep_alive)
@@ -460,6 +479,14 @@ class Exchange:
         duration = time.monotonic() - self.head.started
         self.ctx.record(self, status, duration, aborted)
         self.down.exchange_finished(self, keep_alive)
+
+    def client_timed_out(self) -> None:
+        """The client stalled mid-body: 408; a partly sent request is cut off upstream."""
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        self._drop_conn()
+        self.respond_locally(408, "timed out reading the request body")
 
     def client_lost(self) -> None:
         """The client went away before the answer was complete: 499, charged to no pool."""

@@ -47,6 +47,11 @@ _HOST_RE = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?:
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,200}$")
 _CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNKED_RE = re.compile(rb"^\s*chunked\s*$", re.IGNORECASE)
+# RFC 9112 §3: method (a token) SP request-target SP HTTP-version CRLF; empty lines before it
+# are ignored (§2.2).
+_REQUEST_LINE_RE = re.compile(
+    rb"^(?:\r?\n)*[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e\x80-\xff]+ HTTP/[0-9]\.[0-9]\r\n"
+)
 
 
 class BadRequest(Exception):
@@ -85,6 +90,11 @@ def has_control_chars(value: bytes) -> bool:
 
 def is_chunked(value: bytes) -> bool:
     return _CHUNKED_RE.match(value) is not None
+
+
+def is_request_line(data: bytes) -> bool:
+    """Does ``data`` open with a well-formed request line (whatever its method)?"""
+    return _REQUEST_LINE_RE.match(data) is not None
 
 
 def split_absolute_target(target: bytes) -> tuple[bytes, bytes]:

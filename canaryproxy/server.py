@@ -39,7 +39,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class Recorder(Protocol):
     def request_started(self, route: Route) -> None: ...
-    def request_done(self, exchange: Exchange, status: int, duration: float, aborted: bool) -> None: ...
+    def request_done(
+        self, exchange: Exchange, status: int, duration: float, aborted: bool
+    ) -> None: ...
     def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None: ...
 
 
@@ -88,6 +90,7 @@ class Downstream(asyncio.Protocol):
         self.headers: http11.Headers = []
         self.lheaders: http11.Headers = []
         self.head_bytes = 0
+        self.header_bytes = 0
         self.client_ip = b""
         self.is_trusted = False
         self.current: Exchange | None = None
@@ -157,15 +160,23 @@ class Downstream(asyncio.Protocol):
             if bad is not None:
                 self._reject(bad.status, bad.reason)
             elif isinstance(exc, httptools.HttpParserInvalidMethodError):
-                self._reject(501, "method not implemented")
+                # llhttp stops at the first byte no known method starts with, so "FOO / HTTP/1.1"
+                # and "GARBAGE" look alike: 501 only for a well-formed request line.
+                if http11.is_request_line(data):
+                    self._reject(501, "method not implemented")
+                else:
+                    self._reject(400, "malformed request line")
             else:
                 self._reject(400, f"malformed request: {exc}")
             return
         # A head still incomplete after this read: bound what llhttp may be buffering for us
         # (one read at most beyond the limit).
-        if self.in_message and self.parsing is None:
-            if self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
-                self._reject(431, "request header fields too large")
+        if (
+            self.in_message
+            and self.parsing is None
+            and self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes
+        ):
+            self._reject(431, "request header fields too large")
 
     def pause_writing(self) -> None:
         self.is_write_paused = True
@@ -184,6 +195,7 @@ class Downstream(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.lheaders = []
+        self.header_bytes = 0
         self.in_message = True
         self.message_started = time.monotonic()  # uvloop's loop.time() has ms resolution
         self._arm(self.loop.time() + self.limits.header_timeout)
@@ -196,6 +208,10 @@ class Downstream(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         self.lheaders.append((name.lower(), value))
+        # A head that arrives in one read completes before data_received can measure it.
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes:
+            self._fail(431, "request header fields too large")
         if len(self.headers) > MAX_HEADERS:
             self._fail(431, "too many header fields")
 
@@ -338,7 +354,6 @@ class Downstream(asyncio.Protocol):
             and head.upgrade is None
             and not self.ctx.is_draining
             and not self.is_closing
-            and self._pending_reject is None
         )
 
     def set_body_paused(self, paused: bool) -> None:
@@ -362,13 +377,14 @@ class Downstream(asyncio.Protocol):
         if exchange.is_tunnel or not keep_alive or self.is_closing:
             self._close()
             return
-        if self._pending_reject is not None:
-            self.write(self._pending_reject)
-            self._close()
-            return
         if self.pipeline:
             self.current = self.pipeline.popleft()
             self.current.start()
+            return
+        if self._pending_reject is not None:
+            # A refused request came after the ones answered: its answer, then the close.
+            self.write(self._pending_reject)
+            self._close()
             return
         self._pipeline_paused = False
         self._update_reading()
@@ -438,11 +454,8 @@ class Downstream(asyncio.Protocol):
             if self.current is not None:
                 self.current.client_lost()
             return
-        self.ctx.recorder.request_rejected(408, "timed out reading the request body", self.client_ip)
-        exchange.client_lost()
-        self.current = None
-        self.write(http11.simple_response(408, "timed out reading the request body", keep_alive=False))
-        self._close()
+        # Routed and counted already: one 408 for it, not a rejection plus a 499.
+        exchange.client_timed_out()
 
 
 class ProxyServer:
@@ -467,7 +480,8 @@ class ProxyServer:
         for conn in list(self.ctx.connections):
             conn.close_if_idle()
         deadline = self.ctx.loop.time() + grace
-        while self.ctx.connections and self.ctx.loop.time() < deadline:
+        # Polling only while shutting down; an Event would cost every connection_lost a check.
+        while self.ctx.connections and self.ctx.loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for conn in list(self.ctx.connections):
             conn.abort()

@@ -199,15 +199,15 @@ class BackendPool:
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConn) -> None:
-        try:
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress on every close
             self.idle.remove(conn)
         except ValueError:
             pass
 
-    async def connect(self, timeout: float) -> UpstreamConn:
+    async def connect(self, connect_timeout: float) -> UpstreamConn:
         """Open a fresh connection; raises OSError or TimeoutError."""
         factory: Any = lambda: UpstreamConn(self)  # noqa: E731
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(connect_timeout):
             _, proto = await self.loop.create_connection(factory, self.host, self.port)
         assert isinstance(proto, UpstreamConn)
         return proto
