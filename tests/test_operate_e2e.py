@@ -74,7 +74,7 @@ async def test_metrics_after_a_known_request_mix(pools: tuple[Backend, Backend])
         async with s.get(proxy.url + "/dead/x") as resp:
             assert resp.status == 502
         # a client that gives up: 499, charged to no pool
-        reader, writer = await asyncio.open_connection(LOCAL, proxy.port)
+        _, writer = await asyncio.open_connection(LOCAL, proxy.port)
         writer.write(b"GET /sleep/0.2 HTTP/1.1\r\nHost: a\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
