@@ -138,7 +138,7 @@ class Proxy:
             if backend.key not in self.pools:
                 self.pools[backend.key] = BackendPool(self.loop, backend.host, backend.port)
         if sc.canary is not None and sc.name not in self.judges:
-            judge = Judge(_budget_params(sc), self.clocks.monotonic())
+            judge = Judge(BudgetParams.from_config(sc.error_budget), self.clocks.monotonic())
             state = self.state.get(sc.name)
             if state.is_ejected:
                 judge.mark_ejected(state.eject_rule or "manual", state.eject_reason or "")
@@ -245,18 +245,6 @@ async def serve(config: Config, config_path: str | None) -> int:
     await proxy.stop()
     log.info("stopped")
     return 0
-
-
-def _budget_params(sc: ServiceConfig) -> BudgetParams:
-    eb = sc.error_budget
-    return BudgetParams(
-        alpha=eb.alpha,
-        stable_guard=eb.stable_guard,
-        window=eb.window,
-        min_requests=eb.min_requests,
-        max_error_rate=eb.max_error_rate,
-        max_p99_latency=eb.max_p99_latency,
-    )
 
 
 def _metric_specs(config: Config) -> list[ServiceSpec]:

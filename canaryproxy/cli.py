@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from canaryproxy import logs
-from canaryproxy.config import ConfigError, load_config, summarize
+from canaryproxy.config import Config, ConfigError, load_config, summarize
 from canaryproxy.store import StateError
 
 log = logging.getLogger("canaryproxy")
@@ -33,12 +33,7 @@ def main() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 def check(config_path: str) -> None:
     """Validate a config file: print a summary, or every error with its key path."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for error in exc.errors:
-            click.echo(error, err=True)
-        sys.exit(EXIT_BAD_CONFIG)
+    config = _load_or_exit(config_path)
     click.echo(f"{config_path}: OK")
     click.echo(summarize(config))
 
@@ -48,12 +43,7 @@ def check(config_path: str) -> None:
 def run(config_path: str) -> None:
     """Start the proxy and the admin listener; SIGTERM drains, SIGHUP reloads."""
     logs.setup()
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for error in exc.errors:
-            click.echo(error, err=True)
-        sys.exit(EXIT_BAD_CONFIG)
+    config = _load_or_exit(config_path)
     from canaryproxy.app import serve  # imported late: `check` must not need uvloop
 
     try:
@@ -89,6 +79,16 @@ def demo(
     from canaryproxy.demo import run_demo
 
     sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic)))
+
+
+def _load_or_exit(path: str) -> Config:
+    """The config, or every error on stderr and exit 2 (a bad config never half-starts)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            click.echo(error, err=True)
+        sys.exit(EXIT_BAD_CONFIG)
 
 
 def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
