@@ -6,8 +6,10 @@ Rules (SPEC.md "Proxying"; RFC 9112 §9.3.1 for retries):
 - A reused keep-alive connection that dies before any response byte is retried once on a
   fresh connection, only for idempotent methods without a body: a request that may have
   reached a backend with a body is never sent twice (nginx's rule).
-- No response head within ``timeouts.response`` → 504; the same span of silence while the
-  body streams aborts the client connection, as does an upstream that dies mid-body.
+- No response head within ``timeouts.response`` of the request being sent → 504 (while the
+  client still uploads, its own ``body_timeout`` applies; a backend that stops taking the
+  body for that long is a 504 too); the same span of silence while the response body
+  streams aborts the client connection, as does an upstream that dies mid-body.
 - Bodies stream with backpressure: the client is paused while the upstream's write buffer is
   full (and vice versa); at most one socket read is buffered while no upstream is attached.
 - Everything here runs in loop callbacks; only opening a connection is a coroutine.
@@ -100,6 +102,8 @@ class Exchange:
         "resp_until_eof",
         "retried_reuse",
         "route",
+        "send_paused_at",
+        "sent_at",
         "status",
         "tunnel_pending",
         "upstream_head",
@@ -128,6 +132,8 @@ class Exchange:
         self.connect_failures = 0
         self.retried_reuse = False
         self.upstream_head = b""
+        self.sent_at = 0.0  # when a body that streamed to an attached upstream ended
+        self.send_paused_at = 0.0  # since when the upstream has not taken our body bytes
         self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
 
@@ -224,6 +230,8 @@ class Exchange:
         if self.head.body_kind == CHUNKED_BODY:
             self._forward_body(LAST_CHUNK)
         self.req_done = True
+        if self.conn is not None:
+            self.sent_at = self.ctx.loop.time()  # the response deadline counts from here
 
     def _forward_body(self, data: bytes) -> None:
         conn = self.conn
@@ -238,9 +246,12 @@ class Exchange:
             self.down.set_body_paused(True)
 
     def pause_request_body(self) -> None:
+        if not self.send_paused_at:
+            self.send_paused_at = self.ctx.loop.time()
         self.down.set_body_paused(True)
 
     def resume_request_body(self) -> None:
+        self.send_paused_at = 0.0
         self.down.set_body_paused(False)
 
     # response: head, body, end ---------------------------------------------------------------
@@ -261,8 +272,8 @@ class Exchange:
             return
         self._write_response_head(status, conn)
         if self.head.method == b"HEAD" or status in NO_BODY_STATUSES:
+            self.on_response_complete()  # reads keep-alive from the parser: before the reset
             conn.reset_parser()  # llhttp does not know the request was HEAD
-            self.on_response_complete()
         else:
             self._arm_body_watchdog()
 
@@ -317,14 +328,9 @@ class Exchange:
         conn = self.conn
         self.conn = None
         if conn is not None:
+            # llhttp says no keep-alive for an unframed HEAD response: a reconnect, not a risk.
             reusable = self.req_done and not self.resp_until_eof and conn.parser.should_keep_alive()
-            if self.head.method == b"HEAD":
-                reusable = self.req_done
-            conn.detach()
-            if reusable:
-                conn.pool.give_back(conn)
-            else:
-                conn.close()
+            conn.release(reusable)
         self._finish(self.status, keep_alive=not self.resp_close and self.req_done)
 
     # failures ------------------------------------------------------------------------------
@@ -376,8 +382,21 @@ class Exchange:
 
     def _on_response_timeout(self) -> None:
         self._timer = None
-        if not self.is_done and not self.resp_started:
-            self._fail(504, "timeout", "upstream did not answer in time")
+        if self.is_done or self.resp_started:
+            return
+        assert self.route is not None
+        timeout = self.route.service.response_timeout
+        now = self.ctx.loop.time()
+        if self.req_done:
+            due = self.sent_at + timeout  # sent_at is 0 when the whole request went in _send
+        elif self.send_paused_at:
+            due = self.send_paused_at + timeout  # the backend stopped taking the body
+        else:
+            due = now + timeout  # the client is still uploading: not the backend's time yet
+        if now < due:
+            self._timer = self.ctx.loop.call_later(due - now, self._on_response_timeout)
+            return
+        self._fail(504, "timeout", "upstream did not answer in time")
 
     def _arm_body_watchdog(self) -> None:
         assert self.route is not None

@@ -2,7 +2,9 @@
 
 Rules:
 - One request at a time on a connection (no upstream pipelining); a connection goes back to
-  its pool only after a complete response to a fully sent request that both sides keep alive.
+  its pool only after a complete response to a fully sent request that both sides keep alive,
+  and only once the read that completed it is parsed to its end: bytes beyond the response
+  mean the backend broke framing, and must not become the answer to the next request.
 - Idle connections are dropped after ``IDLE_TIMEOUT`` (shorter than common backend keep-alive
   timeouts, so the backend rarely closes first) and whenever they see bytes or EOF while idle.
 - The pool decides under no lock: everything here runs on the event loop thread.
@@ -23,16 +25,13 @@ MAX_IDLE_PER_BACKEND = 128
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
-class StopParsing(Exception):
-    """Raised inside a parser callback to stop at the end of a bodiless HEAD response."""
-
-
 class UpstreamConn(asyncio.Protocol):
     __slots__ = (
         "_idle_handle",
         "exchange",
         "head_bytes",
         "is_closed",
+        "is_released",
         "last_read",
         "parser",
         "pool",
@@ -49,6 +48,7 @@ class UpstreamConn(asyncio.Protocol):
         self.head_bytes = 0
         self.last_read = 0.0
         self.is_closed = False
+        self.is_released = False
         self._idle_handle: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -73,8 +73,6 @@ class UpstreamConn(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except StopParsing:
-            pass
         except httptools.HttpParserUpgrade as upgrade:
             # A 101: the bytes after its head already belong to the tunnel.
             if exchange.is_tunnel and len(data) > upgrade.args[0]:
@@ -83,7 +81,10 @@ class UpstreamConn(asyncio.Protocol):
             if self.exchange is exchange:
                 exchange.upstream_failed("protocol", f"bad upstream response: {exc}")
             else:
-                self.close()  # garbage after a complete response on a parked connection
+                self.close()  # bytes beyond the response the exchange released us after
+        if self.is_released:
+            self.is_released = False
+            self.pool.give_back(self)  # closes instead when the surplus closed us
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -135,8 +136,16 @@ class UpstreamConn(asyncio.Protocol):
         self.requests += 1
         self.last_read = self.pool.loop.time()
 
-    def detach(self) -> None:
+    def release(self, reusable: bool) -> None:
+        """The exchange is done with this connection; called from a parser callback.
+
+        A reusable one goes back to the pool when the current ``data_received`` ends.
+        """
         self.exchange = None
+        if reusable:
+            self.is_released = True
+        else:
+            self.close()
 
     def reset_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
