@@ -1,0 +1,649 @@
+"""The canary's judgement: has it burned its error budget? (pure; SPEC.md "Error
+budget and automatic ejection", issue 5).
+
+No I/O and no clock: every call takes ``now`` (monotonic seconds). The caller says
+what an error is (5xx, connect failure, timeout) and which pool answered. Each
+response costs O(1); memory is bounded (10 time buckets per pool).
+
+Rules this module keeps (``L = ln(1/alpha)``):
+
+1. **Comparative test**, the main rule. ``w`` is the canary's measured share of
+   requests in the sliding window (the response being recorded included; the
+   configured weight is not used: sticky users make the two differ). If the canary
+   is no worse than stable (H0), an error is the canary's with probability ``w``; if
+   its error rate is R x stable's (H_R), with ``q_R = R·w / (R·w + 1 - w)``. On every
+   error, for R in {2, 4, 8, 16, 32, 64}::
+
+       canary error:  llr_R += ln(q_R / w)             =  ln R - ln(1 + (R-1)·w)
+       stable error:  llr_R += ln((1 - q_R) / (1 - w)) =       - ln(1 + (R-1)·w)
+       llr_R = max(llr_R, -2·L)      # a long healthy run cannot bank unlimited credit
+
+   Nothing is updated while ``w`` is 0, 1 or undefined (a pool has no requests in
+   the window): such an error says nothing about the comparison. The mixture's
+   log-odds are ``ln(½·e^llr_2 + ⅒·Σ_{R≥4} e^llr_R)``; the canary is ejected when
+   they reach ``L``. Under H0 the mixture (unfloored) is a martingale starting at 1,
+   so by Ville's inequality it ever reaches ``1/alpha`` with probability ≤ alpha,
+   however long it is watched; the floor adds only excursions that must climb
+   3·L, each ~alpha³ likely.
+
+2. **Absolute backstop.** The window is ``window`` seconds in 10 fixed buckets (a
+   ring; it holds the current bucket and the nine before it, so between 0.9 and 1
+   window). With at least ``min_requests`` canary requests in it, the canary is
+   ejected when its error rate is > ``max_error_rate``, or, when
+   ``max_p99_latency`` is set, when more than 1 % of them took longer than that:
+   exactly "p99 > max_p99_latency", counted from the raw latencies, not from
+   histogram bins.
+
+3. **Stable guard.** Stable is degraded while its window errors exceed
+   ``stable_guard · max(requests, min_requests)``: its error rate, except that a
+   quiet window counts as ``min_requests`` requests, so 1 error in 5 requests is
+   not an outage. While degraded nothing is ejected and the verdict is
+   ``shared_degradation``. The comparative statistics keep running (errors that
+   hit both pools alike are what H0 predicts); if they crossed ``L`` meanwhile,
+   the canary is ejected on the first response after the guard lifts.
+   The backstop, being absolute, also leaves out every bucket in which stable
+   was degraded by the same test applied to that bucket alone: the canary's
+   errors there belong to a shared outage. This matters at an outage's onset,
+   when the canary's smaller sample can cross ``max_error_rate`` before
+   stable's whole window crosses ``stable_guard``, and after it, while the
+   outage's buckets are still in the window.
+
+The verdict is, in this order: ``ejected``; ``shared_degradation``; ``healthy``;
+``insufficient_samples``. **healthy** is the mirror sequential test: ``eta`` is
+the log likelihood ratio of "no worse" (``q = w``) against "2x worse" (``q_2``),
+updated on the same errors (``eta -= the unfloored llr_2 increment``). If the
+canary's error rate is ≥ 2x stable's, ``e^eta`` is a supermartingale starting at
+1, so ``eta`` reaches ``ln(1/0.05)`` with probability ≤ 5 %: healthy means the
+test accepts "no worse than 2x stable" at 95 %. ``eta`` is kept within
+``±2·ln 20`` so credit from a long good run fades within a few canary errors if
+the canary turns, and an early bad patch cannot block ``healthy`` for ever.
+
+**Canary requests still needed** (shown with ``insufficient_samples``): a plug-in
+estimate assuming the figures seen since reset go on as they are::
+
+    q = (E_c + w) / (E + 1)      canary share of errors, one pseudo-error split at w
+    p = (E + 1) / (N + 1)        errors per request, both pools (0 errors is not "never")
+    d_R = q·ln R - ln(1 + (R-1)·w)       drift per error of llr_R (to ejection)
+    d_h = ln(1 + w) - q·ln 2              drift per error of eta (to healthy)
+    errors = min over positive drifts of (L - ln weight_R - llr_R) / d_R, (ln 20 - eta) / d_h
+    canary requests = errors · w / p
+
+``None`` when no drift is positive (the measured ratio sits between the boundaries)
+or ``w`` is unknown. The ejection distance uses the best single component, so the
+estimate errs long.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = ["BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
+
+Pool = Literal["stable", "canary"]
+Verdict = Literal["insufficient_samples", "healthy", "shared_degradation", "ejected"]
+Rule = Literal["comparative", "backstop"]
+
+RATIOS = (2, 4, 8, 16, 32, 64)
+"""Alternatives of the comparative test: the canary's error rate is R x stable's."""
+WEIGHTS = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)
+LOG_RATIOS = tuple(math.log(r) for r in RATIOS)
+LOG_WEIGHTS = tuple(math.log(w) for w in WEIGHTS)
+RATIOS_LESS_ONE = tuple(r - 1 for r in RATIOS)
+HEALTHY_ALPHA = 0.05
+HEALTHY_THRESHOLD = math.log(1 / HEALTHY_ALPHA)
+BUCKETS = 10
+SLOW_SHARE_PERCENT = 1  # "p99 > limit" is "more than 1 % slower than limit"
+
+_LAT_LOW = 1e-4  # latency histogram: 0.1 ms ...
+_LAT_PER_OCTAVE = 8  # ... 8 log-spaced bins an octave (±4.4 %) ...
+_LAT_BINS = 2 + 21 * _LAT_PER_OCTAVE  # ... to ~210 s, plus under- and overflow
+
+
+class _ErrorBudgetLike(Protocol):
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def stable_guard(self) -> float: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def min_requests(self) -> int: ...
+    @property
+    def max_error_rate(self) -> float: ...
+    @property
+    def max_p99_latency(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetParams:
+    """The rules' settings; the names are those of ``error_budget`` in the config."""
+
+    alpha: float = 0.0005
+    stable_guard: float = 0.05
+    window: float = 60.0
+    min_requests: int = 100
+    max_error_rate: float = 0.10
+    max_p99_latency: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha: must be between 0 and 1, got {self.alpha}")
+        if not self.window > 0:
+            raise ValueError(f"window: must be > 0, got {self.window}")
+        if self.min_requests < 1:
+            raise ValueError(f"min_requests: must be >= 1, got {self.min_requests}")
+        if self.max_p99_latency is not None and not self.max_p99_latency > 0:
+            raise ValueError(f"max_p99_latency: must be > 0, got {self.max_p99_latency}")
+
+    @classmethod
+    def from_config(cls, cfg: _ErrorBudgetLike) -> BudgetParams:
+        return cls(
+            alpha=cfg.alpha,
+            stable_guard=cfg.stable_guard,
+            window=cfg.window,
+            min_requests=cfg.min_requests,
+            max_error_rate=cfg.max_error_rate,
+            max_p99_latency=cfg.max_p99_latency,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """A rule fired: ``reason`` is the one-line story, ``evidence`` the numbers."""
+
+    rule: Rule
+    reason: str
+    evidence: dict[str, object]
+
+
+def _latency_bin(seconds: float) -> int:
+    if not seconds >= _LAT_LOW:  # also NaN
+        return 0
+    return min(int(math.log2(seconds / _LAT_LOW) * _LAT_PER_OCTAVE) + 1, _LAT_BINS - 1)
+
+
+def _bin_value_ms(index: int) -> float:
+    """A representative latency of a bin: its geometric middle (edges for the ends)."""
+    if index == 0:
+        return _LAT_LOW * 1000
+    octaves = (index - 1 + (0.5 if index < _LAT_BINS - 1 else 0.0)) / _LAT_PER_OCTAVE
+    return _LAT_LOW * math.pow(2.0, octaves) * 1000
+
+
+class _PoolWindow:
+    """One pool's outcomes: per-bucket counts with running window totals."""
+
+    __slots__ = ("errors", "hist", "n", "n_errors", "n_slow", "requests", "since_errors",
+                 "since_requests", "slow")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.requests = [0] * BUCKETS
+        self.errors = [0] * BUCKETS
+        self.slow = [0] * BUCKETS
+        self.hist = [[0] * _LAT_BINS for _ in range(BUCKETS)]
+        self.n = self.n_errors = self.n_slow = 0  # window totals
+        self.since_requests = self.since_errors = 0  # since reset
+
+    def add(self, slot: int, count: int, errors: int, slow: bool, lat_bin: int) -> None:
+        self.requests[slot] += count
+        self.errors[slot] += errors
+        self.hist[slot][lat_bin] += count
+        self.n += count
+        self.n_errors += errors
+        self.since_requests += count
+        self.since_errors += errors
+        if slow:
+            self.slow[slot] += count
+            self.n_slow += count
+
+    def clear(self, slot: int) -> None:
+        self.n -= self.requests[slot]
+        self.n_errors -= self.errors[slot]
+        self.n_slow -= self.slow[slot]
+        self.requests[slot] = self.errors[slot] = self.slow[slot] = 0
+        self.hist[slot] = [0] * _LAT_BINS
+
+    def percentile_ms(self, q: float) -> float | None:
+        if self.n == 0:
+            return None
+        rank = max(1, math.ceil(q * self.n))
+        seen = 0
+        for index in range(_LAT_BINS):
+            seen += sum(bucket[index] for bucket in self.hist)
+            if seen >= rank:
+                return round(_bin_value_ms(index), 3)
+        raise AssertionError("histogram holds fewer samples than its count")
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "requests": self.n,
+            "errors": self.n_errors,
+            "error_rate": self.n_errors / self.n if self.n else 0.0,
+            "p50_ms": self.percentile_ms(0.50),
+            "p99_ms": self.percentile_ms(0.99),
+        }
+
+
+class Judge:
+    """The judgement of one service's canary against its stable pool."""
+
+    def __init__(self, params: BudgetParams, now: float) -> None:
+        self.params = params
+        self._width = params.window / BUCKETS
+        self._threshold = math.log(1 / params.alpha)
+        self._floor = -2 * self._threshold
+        self._slow_limit = math.inf if params.max_p99_latency is None else params.max_p99_latency
+        self._guard = params.stable_guard
+        self._min_requests = params.min_requests
+        self.reset(now)
+
+    def reset(self, now: float) -> None:
+        """Start the judgement afresh (restore): empty windows, no evidence, not ejected."""
+        self._stable = _PoolWindow()
+        self._canary = _PoolWindow()
+        self._bucket = int(now // self._width)
+        self._slot = self._bucket % BUCKETS
+        self._bucket_end = (self._bucket + 1) * self._width
+        self._flagged = [False] * BUCKETS  # buckets in which stable itself was degraded
+        self._excluded = [0, 0, 0]  # canary requests, errors, slow in flagged buckets
+        self._llr = [0.0] * len(RATIOS)
+        self._log_odds = 0.0  # ln(½ + 5·⅒)
+        self._eta = 0.0
+        self._share = math.nan  # w at the last error that updated the test
+        self._ejection: tuple[str, str] | None = None
+
+    # -- recording ---------------------------------------------------------
+
+    def record(self, pool: Pool, is_error: bool, latency: float, now: float) -> Ejection | None:
+        """Count one response; return the Ejection if it tips the canary over.
+
+        ``latency`` is in seconds. A ``now`` that runs backwards counts in the
+        current bucket; one that jumps ahead empties what left the window."""
+        if now >= self._bucket_end:
+            self._advance(now)
+        slow = latency > self._slow_limit
+        self._add(pool == "canary", 1, int(is_error), slow, _latency_bin(latency))
+        if self._ejection is not None:
+            return None
+        if is_error:
+            self._update_tests(pool == "canary")
+        return self._judge()
+
+    def record_successes(
+        self, pool: Pool, count: int, latency: float, now: float
+    ) -> Ejection | None:
+        """``count`` successful responses at one instant: the same outcome as ``count``
+        calls of ``record(pool, False, latency, now)``, for replays and benchmarks.
+
+        The judge looks only after the responses where a rule can tip (see
+        ``_tipping_points``); in between, every rule moves away from firing.
+        """
+        if count <= 0:
+            return None
+        if now >= self._bucket_end:
+            self._advance(now)
+        canary = pool == "canary"
+        slow, lat_bin = latency > self._slow_limit, _latency_bin(latency)
+        done = 0
+        if self._ejection is None:
+            for cut in self._tipping_points(canary, count, slow):
+                self._add(canary, cut - done, 0, slow, lat_bin)
+                done = cut
+                ejection = self._judge()
+                if ejection is not None:
+                    self._add(canary, count - done, 0, slow, lat_bin)
+                    return ejection
+        self._add(canary, count - done, 0, slow, lat_bin)
+        return None
+
+    def _add(self, canary: bool, count: int, errors: int, slow: bool, lat_bin: int) -> None:
+        slot = self._slot
+        if canary:
+            self._canary.add(slot, count, errors, slow, lat_bin)
+            if self._flagged[slot]:
+                excluded = self._excluded
+                excluded[0] += count
+                excluded[1] += errors
+                excluded[2] += count if slow else 0
+            return
+        stable = self._stable
+        stable.add(slot, count, errors, slow, lat_bin)
+        if self._flagged[slot] != self._is_degraded(stable.errors[slot], stable.requests[slot]):
+            self._flip_flag(slot)
+
+    def _flip_flag(self, slot: int) -> None:
+        """Stable's own degradation in ``slot`` began or ended: move the canary's
+        counts of that bucket out of or back into the backstop's reach."""
+        self._flagged[slot] = not self._flagged[slot]
+        sign = 1 if self._flagged[slot] else -1
+        c, excluded = self._canary, self._excluded
+        excluded[0] += sign * c.requests[slot]
+        excluded[1] += sign * c.errors[slot]
+        excluded[2] += sign * c.slow[slot]
+
+    def mark_ejected(self, rule: str, reason: str) -> None:
+        """Eject by hand, or come back ejected from disk; lasts until ``reset``."""
+        self._ejection = (rule, reason)
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def is_ejected(self) -> bool:
+        return self._ejection is not None
+
+    @property
+    def ejected_rule(self) -> str | None:
+        return None if self._ejection is None else self._ejection[0]
+
+    @property
+    def ejected_reason(self) -> str | None:
+        return None if self._ejection is None else self._ejection[1]
+
+    @property
+    def bucket_seconds(self) -> float:
+        """Width of one time bucket of the window (window / 10)."""
+        return self._width
+
+    def verdict(self, now: float) -> Verdict:
+        if now >= self._bucket_end:
+            self._advance(now)
+        return self._verdict()
+
+    def _verdict(self) -> Verdict:
+        if self._ejection is not None:
+            return "ejected"
+        if self._is_stable_degraded():
+            return "shared_degradation"
+        if self._eta >= HEALTHY_THRESHOLD:
+            return "healthy"
+        return "insufficient_samples"
+
+    def window_stats(self, pool: Pool, now: float) -> dict[str, object]:
+        """``requests, errors, error_rate, p50_ms, p99_ms`` of one pool over the window."""
+        if now >= self._bucket_end:
+            self._advance(now)
+        return (self._canary if pool == "canary" else self._stable).stats()
+
+    def evidence(self, now: float) -> dict[str, object]:
+        """Everything the verdict rests on, JSON-able."""
+        if now >= self._bucket_end:
+            self._advance(now)
+        return self._evidence()
+
+    def _evidence(self) -> dict[str, object]:
+        verdict = self._verdict()
+        stable, canary = self._stable, self._canary
+        errors = stable.since_errors + canary.since_errors
+        requests = stable.since_requests + canary.since_requests
+        return {
+            "window_seconds": self.params.window,
+            "stable": _pool_counts(stable),
+            "canary": _pool_counts(canary),
+            "canary_share_of_requests": _ratio(canary.since_requests, requests),
+            "canary_share_of_requests_window": self._window_share(),
+            "canary_share_of_errors": _ratio(canary.since_errors, errors),
+            "error_rate_ratio": _rate_ratio(canary, stable),
+            "log_odds": round(self._log_odds, 4),
+            "threshold": round(self._threshold, 4),
+            "odds": format_odds(self._log_odds),
+            "threshold_odds": format_odds(self._threshold),
+            "log_likelihood_ratios": {
+                str(r): round(v, 4) for r, v in zip(RATIOS, self._llr, strict=True)
+            },
+            "healthy_log_odds": round(self._eta, 4),
+            "healthy_threshold": round(HEALTHY_THRESHOLD, 4),
+            "stable_guard_active": self._is_stable_degraded(),
+            "canary_requests_needed": (
+                self._requests_needed() if verdict == "insufficient_samples" else None
+            ),
+            "rules": _rules(self.params),
+            "ejection": _ejection_dict(self._ejection),
+        }
+
+    def __repr__(self) -> str:
+        state = (
+            "ejected" if self._ejection else f"log_odds={self._log_odds:.2f}/{self._threshold:.2f}"
+        )
+        return (
+            f"<Judge {state} eta={self._eta:.2f} stable={self._stable.n_errors}/{self._stable.n}"
+            f" canary={self._canary.n_errors}/{self._canary.n}>"
+        )
+
+    # -- the rules -----------------------------------------------------------
+
+    def _judge(self) -> Ejection | None:
+        """After a response: guard first, then the comparative test, then the backstop."""
+        stable = self._stable  # the guard, inlined: this runs on every response
+        n = stable.n if stable.n > self._min_requests else self._min_requests
+        if stable.n_errors > self._guard * n:
+            return None
+        if self._log_odds >= self._threshold:
+            return self._eject("comparative", self._comparative_reason())
+        return self._check_backstop()
+
+    def _window_share(self) -> float | None:
+        n_canary, n_stable = self._canary.n, self._stable.n
+        if n_canary == 0 or n_stable == 0:
+            return None
+        return n_canary / (n_canary + n_stable)
+
+    def _update_tests(self, from_canary: bool) -> None:
+        w = self._window_share()
+        if w is None:
+            return  # w is 0 or 1: an error cannot tell the hypotheses apart
+        self._share = w
+        llr, floor, log1p = self._llr, self._floor, math.log1p
+        first_step = 0.0
+        for i, log_ratio in enumerate(LOG_RATIOS):
+            step = (log_ratio if from_canary else 0.0) - log1p(RATIOS_LESS_ONE[i] * w)
+            llr[i] = max(llr[i] + step, floor)
+            if i == 0:
+                first_step = step
+        # healthy's test is R=2 the other way round, unfloored (see the module docstring)
+        eta = self._eta - first_step
+        self._eta = min(max(eta, -2 * HEALTHY_THRESHOLD), 2 * HEALTHY_THRESHOLD)
+        self._log_odds = _log_mixture(llr)
+
+    def _is_degraded(self, errors: int, requests: int) -> bool:
+        """The guard's test, for the window or for one bucket of stable's."""
+        return errors > self._guard * max(requests, self._min_requests)
+
+    def _is_stable_degraded(self) -> bool:
+        return self._is_degraded(self._stable.n_errors, self._stable.n)
+
+    def _backstop_counts(self) -> tuple[int, int, int]:
+        """Canary requests, errors and slow responses outside stable's bad buckets."""
+        c, (n, errors, slow) = self._canary, self._excluded
+        return c.n - n, c.n_errors - errors, c.n_slow - slow
+
+    def _backstop_fires(self, n: int, errors: int, slow: int) -> bool:
+        if n < self._min_requests:
+            return False
+        return errors / n > self.params.max_error_rate or slow * 100 > n * SLOW_SHARE_PERCENT
+
+    def _check_backstop(self) -> Ejection | None:
+        if self._canary.n < self._min_requests:
+            return None  # the common case, decided before any summing
+        n, errors, slow = self._backstop_counts()
+        if not self._backstop_fires(n, errors, slow):
+            return None
+        p = self.params
+        window = f"over {p.window:g}s, {n} requests"
+        if errors / n > p.max_error_rate:
+            rate, limit = _two_distinct(errors / n, p.max_error_rate)
+            return self._eject("backstop", f"error rate {rate} > {limit} {window}")
+        limit_s = f"{self._slow_limit:g}s"
+        reason = f"p99 latency > {limit_s} {window}: {slow} slower than {limit_s}"
+        return self._eject("backstop", reason)
+
+    def _comparative_reason(self) -> str:
+        return (
+            f"canary errors {self._canary.since_errors} of "
+            f"{self._canary.since_errors + self._stable.since_errors} while serving "
+            f"{format_percent(self._share)} % of requests: "
+            f"{format_odds(self._log_odds)} against no-worse-than-stable"
+        )
+
+    def _eject(self, rule: Rule, reason: str) -> Ejection:
+        self._ejection = (rule, reason)
+        return Ejection(rule, reason, self._evidence())
+
+    def _requests_needed(self) -> int | None:
+        w = self._window_share()
+        if w is None:
+            return None
+        c, s = self._canary, self._stable
+        errors = c.since_errors + s.since_errors
+        q = (c.since_errors + w) / (errors + 1)
+        per_request = (errors + 1) / (c.since_requests + s.since_requests + 1)
+        components = zip(RATIOS, LOG_RATIOS, LOG_WEIGHTS, self._llr, strict=True)
+        distances = [
+            (self._threshold - lw - v, q * lr - math.log1p((r - 1) * w))
+            for r, lr, lw, v in components
+        ]
+        distances.append((HEALTHY_THRESHOLD - self._eta, math.log1p(w) - q * math.log(2)))
+        needed = [max(gap, 0.0) / drift for gap, drift in distances if drift > 0]
+        if not needed:
+            return None
+        return math.ceil(min(needed) * w / per_request)
+
+    # -- time ----------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Move to ``now``'s bucket, emptying the ones that left the window."""
+        bucket = int(now // self._width)
+        for b in range(self._bucket + 1, min(bucket, self._bucket + BUCKETS) + 1):
+            slot = b % BUCKETS
+            if self._flagged[slot]:
+                self._flip_flag(slot)
+            self._stable.clear(slot)
+            self._canary.clear(slot)
+        self._bucket = max(bucket, self._bucket)
+        self._slot = self._bucket % BUCKETS
+        self._bucket_end = (self._bucket + 1) * self._width
+        if self._bucket_end <= now:  # float rounding at a bucket edge
+            self._bucket_end = math.nextafter(now, math.inf)
+
+    def _tipping_points(self, canary: bool, count: int, slow: bool) -> list[int]:
+        """Which of ``count`` successes (1-based) the judge must look after.
+
+        Stable successes only lower stable's rates: what they change is where the
+        guard lifts and where the current bucket stops being stable's bad bucket;
+        otherwise the first, if the rules would fire now (a bucket just left).
+        Canary successes leave the guard be; the backstop's error rate only falls
+        once ``min_requests`` is reached and its slow share only rises when the
+        response is slow: the first, the one reaching ``min_requests``, the first
+        that makes more than 1 % slow.
+        """
+        stable, slot = self._stable, self._slot
+        guarded = self._is_stable_degraded()
+        pending = self._log_odds >= self._threshold
+        n, errors, n_slow = self._backstop_counts()
+        if not canary:
+            points = {
+                self._lift_point(stable.n_errors, stable.n, count),
+                self._lift_point(stable.errors[slot], stable.requests[slot], count),
+            }
+            if not guarded and (pending or self._backstop_fires(n, errors, n_slow)):
+                points.add(1)
+        elif guarded:
+            return []
+        elif self._flagged[slot]:  # these successes are not the backstop's
+            points = {1} if pending or self._backstop_fires(n, errors, n_slow) else set()
+        else:
+            points = {self._min_requests - n}
+            if pending or self._backstop_fires(n + 1, errors, n_slow + slow):
+                points.add(1)
+            if slow:  # the first k with 100·(n_slow + k) > n + k
+                points.add(max(self._min_requests - n, (n - 100 * n_slow) // 99 + 1))
+        return sorted(k for k in points if k is not None and 1 <= k <= count)
+
+    def _lift_point(self, errors: int, requests: int, count: int) -> int | None:
+        """The success (1-based, at most ``count``) after which ``_is_degraded`` ends."""
+        if not self._is_degraded(errors, requests) or self._guard <= 0:
+            return None  # not degraded, or a zero guard: degraded while any error stands
+        k = max(1, math.ceil(errors / self._guard) - requests)
+        while k > 1 and not self._is_degraded(errors, requests + k - 1):
+            k -= 1  # float rounding in the division: step back to the first
+        while k <= count and self._is_degraded(errors, requests + k):
+            k += 1
+        return k if k <= count else None
+
+
+def _log_mixture(llr: list[float]) -> float:
+    """``ln Σ weight_R · e^llr_R``, shifted only when plain ``exp`` would over/underflow."""
+    top = max(llr)
+    if -600 < top < 600:
+        return math.log(sum(w * math.exp(v) for w, v in zip(WEIGHTS, llr, strict=True)))
+    return top + math.log(sum(w * math.exp(v - top) for w, v in zip(WEIGHTS, llr, strict=True)))
+
+
+def format_odds(log_odds: float) -> str:
+    """``2900:1`` (two significant figures), ``1:40`` below even, ``3.1e12:1`` when huge."""
+    if log_odds < 0:
+        return "1:" + format_odds(-log_odds).split(":")[0]
+    decimal = log_odds / math.log(10)
+    if decimal >= 6:
+        exponent = math.floor(decimal)
+        return f"{10 ** (decimal - exponent):.1f}e{exponent}:1"
+    odds = math.exp(log_odds)
+    if odds < 100:
+        return f"{odds:.2g}:1"
+    return f"{round(odds, 1 - math.floor(math.log10(odds))):.0f}:1"
+
+
+def format_percent(share: float) -> str:
+    """A share as a percentage to two significant figures: ``5``, ``0.52``, ``12``."""
+    if math.isnan(share):
+        return "?"
+    percent = share * 100
+    if percent >= 10:
+        return f"{percent:.0f}"
+    return f"{percent:.2g}"
+
+
+def _two_distinct(value: float, limit: float) -> tuple[str, str]:
+    """Both to 2 decimals, more if that would print ``0.10 > 0.10``."""
+    for digits in range(2, 7):
+        a, b = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if a != b:
+            return a, b
+    return repr(value), repr(limit)
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def _rate_ratio(canary: _PoolWindow, stable: _PoolWindow) -> float | None:
+    if canary.since_requests == 0 or stable.since_requests == 0 or stable.since_errors == 0:
+        return None
+    canary_rate = canary.since_errors / canary.since_requests
+    return round(canary_rate / (stable.since_errors / stable.since_requests), 4)
+
+
+def _pool_counts(window: _PoolWindow) -> dict[str, object]:
+    return {
+        "requests": window.n,
+        "errors": window.n_errors,
+        "error_rate": round(window.n_errors / window.n, 6) if window.n else 0.0,
+        "requests_since_reset": window.since_requests,
+        "errors_since_reset": window.since_errors,
+    }
+
+
+def _rules(p: BudgetParams) -> dict[str, object]:
+    return {
+        "alpha": p.alpha,
+        "stable_guard": p.stable_guard,
+        "window": p.window,
+        "min_requests": p.min_requests,
+        "max_error_rate": p.max_error_rate,
+        "max_p99_latency": p.max_p99_latency,
+    }
+
+
+def _ejection_dict(ejection: tuple[str, str] | None) -> dict[str, str] | None:
+    return None if ejection is None else {"rule": ejection[0], "reason": ejection[1]}
