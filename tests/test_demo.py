@@ -1,0 +1,361 @@
+"""``canaryproxy demo``: the pure view helpers on STATE dicts, the ramp against a fake admin,
+and the whole demo as a child process, watched through its admin API while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import sys
+import tempfile
+from typing import Any
+
+import aiohttp
+import pytest
+from rich.console import Console
+
+from canaryproxy import demo
+
+
+def window(requests: int, errors: int, p50: float | None, p99: float | None) -> dict[str, Any]:
+    rate = errors / requests if requests else 0.0
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": rate,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+def state(**overrides: Any) -> dict[str, Any]:
+    """A STATE as the admin API answers it, 10 % into a ramp, with a 20 %-failing canary."""
+    out: dict[str, Any] = {
+        "name": "web",
+        "canary_weight": 10.0,
+        "ejected": False,
+        "eject_reason": None,
+        "eject_rule": None,
+        "verdict": "insufficient_samples",
+        "evidence": {
+            "stable": {"requests_since_reset": 900, "errors_since_reset": 9},
+            "canary": {"requests_since_reset": 100, "errors_since_reset": 20},
+            "canary_share_of_requests": 0.1,
+            "canary_share_of_requests_window": 0.1,
+            "canary_share_of_errors": 0.6897,
+            "error_rate_ratio": 20.0,
+            "odds": "1300:1",
+            "threshold_odds": "1000000:1",
+            "canary_requests_needed": 40,
+        },
+        "window": {"stable": window(900, 9, 12.6, 21.2), "canary": window(100, 20, 20.1, 31.0)},
+        "backends": [
+            {"pool": "stable", "url": "http://127.0.0.1:1", "healthy": True},
+            {"pool": "stable", "url": "http://127.0.0.1:2", "healthy": False},
+            {"pool": "canary", "url": "http://127.0.0.1:3", "healthy": True},
+        ],
+    }
+    out.update(overrides)
+    return out
+
+
+EMPTY_WINDOW = window(0, 0, None, None)
+
+
+# -- the view ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("st", "pool", "expected"),
+    [
+        (state(), "stable", {"weight": "90 %", "errors": "1.0 %", "p99": "21 ms", "up": "1/2"}),
+        (state(), "canary", {"weight": "10 %", "errors": "20 %", "p50": "20 ms", "up": "1/1"}),
+        (state(canary_weight=0.5), "canary", {"weight": "0.5 %"}),
+        (state(canary_weight=0.5), "stable", {"weight": "99.5 %"}),
+        (
+            state(window={"stable": EMPTY_WINDOW, "canary": EMPTY_WINDOW}),
+            "canary",
+            {"errors": "-", "p50": "-", "p99": "-"},
+        ),
+    ],
+    ids=["stable-row", "canary-row", "decimal-weight", "stable-is-the-rest", "empty-window"],
+)
+def test_pool_cells(st: dict[str, Any], pool: str, expected: dict[str, str]) -> None:
+    cells = demo.pool_cells(st, pool, 12.4, 7)
+    assert cells["req/s"] == "12"
+    assert cells["users"] == "7"
+    assert {key: cells[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("share", "text"),
+    [
+        (None, "-"),
+        (0.0, "0.0 %"),
+        (0.0123, "1.2 %"),
+        (0.1, "10 %"),
+        (0.456, "46 %"),
+        (1.0, "100 %"),
+    ],
+    ids=["none", "zero", "small", "ten", "large", "all"],
+)
+def test_percent(share: float | None, text: str) -> None:
+    assert demo.percent(share) == text
+
+
+def test_status_line_shows_weight_pools_and_odds() -> None:
+    line = demo.status_line(state(), {"stable": 90.4, "canary": 9.6}, {"stable": 180}, 12.2)
+    assert line == (
+        "[ 12s] insufficient_samples, canary weight 10 % "
+        "| stable: 180 users, 90 req/s, 1.0 % errors, p50 13 ms, p99 21 ms, 1/2 up "
+        "| canary: - users, 10 req/s, 20 % errors, p50 20 ms, p99 31 ms, 1/1 up "
+        "| odds 1300:1, ejects at 1000000:1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("st", "expected"),
+    [
+        (
+            state(),
+            "canary: 10 % of requests, 69 % of errors; error rate 20× stable's; odds 1300:1 "
+            "against no-worse-than-stable, ejects at 1000000:1; "
+            "~40 more canary requests to decide",
+        ),
+        (state(evidence={}), "no evidence yet"),
+        (
+            state(
+                evidence={
+                    **state()["evidence"],
+                    "canary_share_of_errors": None,
+                    "error_rate_ratio": None,
+                    "canary_requests_needed": None,
+                }
+            ),
+            "canary: 10 % of requests, - of errors; odds 1300:1 against no-worse-than-stable, "
+            "ejects at 1000000:1",
+        ),
+    ],
+    ids=["full", "no-judge", "no-errors-yet"],
+)
+def test_evidence_line(st: dict[str, Any], expected: str) -> None:
+    assert demo.evidence_line(st) == expected
+
+
+@pytest.mark.parametrize(
+    ("st", "expected"),
+    [
+        (state(), None),
+        (
+            state(ejected=True, eject_rule="backstop", eject_reason="error rate 0.21 > 0.10"),
+            "EJECTED: error rate 0.21 > 0.10 (rule: backstop)",
+        ),
+    ],
+    ids=["running", "ejected"],
+)
+def test_ejection_line(st: dict[str, Any], expected: str | None) -> None:
+    assert demo.ejection_line(st) == expected
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([(0.0, 0, 0)], (0.0, 0.0)),
+        ([(0.0, 0, 0), (1.0, 90, 10)], (90.0, 10.0)),
+        (
+            [(0.0, 0, 0), (1.0, 100, 0), (2.0, 200, 0), (3.0, 300, 0), (4.0, 500, 50)],
+            (400 / 3, 50 / 3),
+        ),
+        ([(0.0, 500, 50), (1.0, 600, 60), (2.0, 40, 4)], (0.0, 0.0)),
+        ([(0.0, 500, 50), (1.0, 600, 60), (2.0, 40, 4), (3.0, 140, 14)], (100.0, 10.0)),
+    ],
+    ids=["first-sample", "one-second", "keeps-last-3s", "restore-resets", "after-reset"],
+)
+def test_rate_meter(samples: list[tuple[float, int, int]], expected: tuple[float, float]) -> None:
+    meter = demo.RateMeter(span=3.0)
+    rates: dict[str, float] = {}
+    for now, stable, canary in samples:
+        rates = meter.update({"stable": stable, "canary": canary}, now)
+    assert (rates["stable"], rates["canary"]) == pytest.approx(expected)
+
+
+def test_request_totals_read_the_judges_running_counts() -> None:
+    assert demo.request_totals(state()) == {"stable": 900, "canary": 100}
+    assert demo.request_totals(state(evidence={})) == {"stable": 0, "canary": 0}
+
+
+def test_render_builds_a_renderable_with_the_ejection() -> None:
+    console = Console(width=160, record=True, file=io.StringIO())
+    st = state(ejected=True, eject_rule="comparative", eject_reason="odds 2e6:1", verdict="ejected")
+    console.print(demo.render(st, {"stable": 90.0}, {"stable": 190}, ["RAMP: 5 → 10 %"]))
+    text = console.export_text()
+    assert "EJECTED: odds 2e6:1 (rule: comparative)" in text
+    assert "verdict: ejected" in text
+    assert "RAMP: 5 → 10 %" in text
+    assert re.search(r"stable\s*│\s*90 %\s*│\s*190\s*│\s*90", text)
+
+
+# -- config, banner, ramp ---------------------------------------------------------------------
+def test_demo_config_is_a_valid_config_with_the_demos_choices() -> None:
+    config = demo.demo_config(
+        "http://127.0.0.1:1", "http://127.0.0.1:2", (0, 9), "tok", "s", "x.db"
+    )
+    web = config.services["web"]
+    assert (config.listen.port, config.admin.listen.port, config.admin.token) == (0, 9, "tok")
+    assert config.sticky.mode == "cohort"
+    assert config.state.path == "x.db"
+    assert web.canary_weight == 5
+    assert web.canary is not None
+    assert web.canary.backends[0].url == "http://127.0.0.1:2"
+    assert web.health_check is not None
+    assert web.health_check.interval == 1.0
+    assert (web.error_budget.alpha, web.error_budget.max_error_rate) == (1e-6, 0.10)
+
+
+@pytest.mark.parametrize("drive", [False, True], ids=["with-traffic", "no-traffic"])
+def test_banner_names_every_url_and_curl_lines(drive: bool) -> None:
+    text = demo.banner("http://p:1", "http://a:2", "tok", "/tmp/x/s.db", 0.2, drive)
+    assert "failing 20% of requests" in text
+    for line in ["proxy    http://p:1/", "admin    http://a:2", "metrics  http://a:2/metrics"]:
+        assert line in text
+    assert "curl -s -H 'Authorization: Bearer tok' http://a:2/admin/services/web\n" in text
+    assert "-d '{\"canary\": 5}' http://a:2/admin/services/web/restore" in text
+    assert ("/admin/services/web/weight" in text) is drive
+
+
+class FakeAdmin:
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.weights: list[float] = []
+
+    async def set_weight(self, weight: float) -> int:
+        self.weights.append(weight)
+        return self.statuses.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("statuses", "weights", "last_event"),
+    [
+        ([200, 200, 200], [10, 25, 50], "RAMP: canary weight 25 → 50 % (admin API: 200)"),
+        ([200, 409], [10, 25], "RAMP: stopped at 10 %, the canary is ejected"),
+        ([409], [10], "RAMP: stopped at 5 %, the canary is ejected"),
+    ],
+    ids=["full-ramp", "ejected-at-10", "ejected-at-5"],
+)
+async def test_ramp_steps_until_the_api_says_ejected(
+    statuses: list[int], weights: list[float], last_event: str
+) -> None:
+    admin, events = FakeAdmin(statuses), list[str]()
+    await demo.ramp(admin, 0.0, events)
+    assert admin.weights == weights
+    assert events[-1] == last_event
+    assert len(events) == len(weights)
+
+
+# -- the whole demo, as a user runs it --------------------------------------------------------
+# --ramp-seconds 1: with the real judge, simulated 600 times, a 20 %-failing canary was never
+# ejected within 1.4 s, so the weight is always seen past 5 %; it was always out within 5 s.
+DEMO = [sys.executable, "-m", "canaryproxy", "demo", "--duration", "12", "--ramp-seconds", "1"]
+
+
+def banner_field(lines: list[str], name: str) -> str:
+    for line in lines:
+        match = re.fullmatch(rf"  {name}\s+(\S+).*", line)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"no {name} in {lines}")
+
+
+async def read_banner(stream: asyncio.StreamReader) -> list[str]:
+    lines: list[str] = []
+    while not any(line.startswith("try:") for line in lines):
+        line = await asyncio.wait_for(stream.readline(), 20)
+        assert line, f"the demo ended before its banner: {lines}"
+        lines.append(line.decode().rstrip("\n"))
+    return lines
+
+
+async def poll_states(
+    admin: str, token: str, proc: asyncio.subprocess.Process
+) -> list[dict[str, Any]]:
+    """STATE every 0.2 s while the demo runs."""
+    states: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        while proc.returncode is None:
+            try:
+                async with session.get(f"{admin}/admin/services/web", headers=headers) as resp:
+                    states.append(await resp.json())
+            except aiohttp.ClientError:
+                pass  # it is shutting down
+            await asyncio.sleep(0.2)
+    return states
+
+
+async def test_demo_ramps_and_ejects_the_failing_canary() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *DEMO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    try:
+        banner = await read_banner(proc.stdout)
+        admin, token = banner_field(banner, "admin"), banner_field(banner, "token")
+        poller = asyncio.create_task(poll_states(admin, token, proc))
+        metrics = await wait_for_ejected_metrics(banner_field(banner, "metrics"))
+        rest = (await asyncio.wait_for(proc.stdout.read(), 30)).decode().splitlines()
+        code = await asyncio.wait_for(proc.wait(), 10)
+        states = await poller
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert_output(rest)
+    assert_states(states, rest)
+    assert 'canaryproxy_canary_ejected{service="web"} 1.0' in metrics
+    assert_removed(os.path.dirname(banner_field(banner, "state")))
+
+
+async def wait_for_ejected_metrics(url: str) -> str:
+    """The metrics page once it says the canary is ejected (or as it is after 10 s)."""
+    text = ""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(url) as resp:
+                text = await resp.text()
+            if 'canaryproxy_canary_ejected{service="web"} 1.0' in text:
+                break
+            await asyncio.sleep(0.1)
+    return text
+
+
+def assert_output(lines: list[str]) -> None:
+    assert any(line.startswith("RAMP: canary weight 5 → 10 %") for line in lines), lines
+    ejected = [line for line in lines if line.startswith("EJECTED: ")]
+    assert len(ejected) == 1, lines
+    summary = next(line for line in lines if line.startswith("traffic: "))
+    served = {m[0]: int(m[1]) for m in re.findall(r"(v1\.[01]) (\d+) \(", summary)}
+    assert served["v1.0"] > 100, summary
+    assert served["v1.1"] > 0, summary
+    status = [line for line in lines if line.startswith("[")]
+    assert len(status) >= 8, lines  # one a second
+
+
+def assert_states(states: list[dict[str, Any]], lines: list[str]) -> None:
+    assert len(states) > 20
+    weights = {s["canary_weight"] for s in states} | {s["weight_before_eject"] for s in states}
+    assert max(w for w in weights if w is not None) > 5
+    last = states[-1]
+    assert last["ejected"] is True
+    assert last["canary_weight"] == 0
+    assert last["verdict"] == "ejected"
+    assert f"EJECTED: {last['eject_reason']} (rule: {last['eject_rule']})" in lines
+    evidence = last["evidence"]
+    assert evidence["stable"]["requests_since_reset"] > 100
+    assert evidence["canary"]["requests_since_reset"] > 0
+    assert evidence["canary"]["errors_since_reset"] > 0
+
+
+def assert_removed(temp_dir: str) -> None:
+    assert temp_dir.startswith(tempfile.gettempdir())
+    assert not os.path.exists(temp_dir), "the demo's temp dir must be gone after it stops"
