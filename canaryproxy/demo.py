@@ -170,6 +170,7 @@ class Traffic:
         self.versions: list[str | None] = [None] * USERS  # what each user saw last
         self.answered: Counter[str] = Counter()  # by X-Version; "proxy" when the proxy answered
         self.failed: Counter[str] = Counter()  # 5xx by the same key; "no answer" too
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def users(self) -> dict[str, int]:
         seen = Counter(self.versions)
@@ -177,25 +178,28 @@ class Traffic:
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT)
-        jar = aiohttp.DummyCookieJar()  # cookies are kept per user, not per session
+        jar = aiohttp.DummyCookieJar()  # each user keeps its own cookie, in self.cookies
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(connector=connector, cookie_jar=jar, timeout=timeout) as s:
-            tasks: set[asyncio.Task[None]] = set()
-            loop = asyncio.get_running_loop()
-            start, scheduled = loop.time(), 0
             try:
-                while True:
-                    due = int((loop.time() - start) * REQUESTS_PER_SECOND)
-                    for _ in range(max(0, min(due - scheduled, MAX_IN_FLIGHT - len(tasks)))):
-                        task = loop.create_task(self._request(s, self.rng.randrange(USERS)))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                    scheduled = due
-                    await asyncio.sleep(0.01)
+                await self._generate(s)
             finally:
-                for task in tasks:
+                for task in self.tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _generate(self, session: aiohttp.ClientSession) -> None:
+        """REQUESTS_PER_SECOND on average, each from a user drawn at random."""
+        loop = asyncio.get_running_loop()
+        start, scheduled = loop.time(), 0
+        while True:
+            due = int((loop.time() - start) * REQUESTS_PER_SECOND)
+            for _ in range(max(0, min(due - scheduled, MAX_IN_FLIGHT - len(self.tasks)))):
+                task = loop.create_task(self._request(session, self.rng.randrange(USERS)))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            scheduled = due
+            await asyncio.sleep(0.01)
 
     async def _request(self, session: aiohttp.ClientSession, user: int) -> None:
         cookie = self.cookies[user]
@@ -416,8 +420,13 @@ async def run_until_stopped(jobs: list[Coroutine[Any, Any, None]], duration: flo
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(job) for job in jobs]
+
+    def stop_if_failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            stop.set()
+
     for task in tasks:
-        task.add_done_callback(lambda t: None if t.cancelled() or not t.exception() else stop.set())
+        task.add_done_callback(stop_if_failed)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
