@@ -43,8 +43,10 @@ FORWARDED = frozenset(
 VIA = b"1.1 canaryproxy"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-_HOST_RE = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?$")
-_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,200}$")
+# RFC 9110 §4.2.1: an http(s) authority's host is never empty (":80" is refused).  \Z, not $:
+# "$" also matches before a trailing newline.
+_HOST_RE = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{0,5})?\Z")
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,200}\Z")
 _CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNKED_RE = re.compile(rb"^\s*chunked\s*$", re.IGNORECASE)
 # RFC 9112 §3: method (a token) SP request-target SP HTTP-version CRLF; empty lines before it
