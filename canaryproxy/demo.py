@@ -33,27 +33,32 @@ import random
 import secrets
 import signal
 import tempfile
-from collections import Counter, deque
-from collections.abc import Coroutine, Mapping
+from collections import Counter
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Proxy
 from canaryproxy.config import Config, parse_config
+from canaryproxy.demo_view import (
+    SERVICE,
+    RateMeter,
+    State,
+    ejection_line,
+    render,
+    request_totals,
+    status_line,
+)
 from canaryproxy.store import SqliteStateStore
 
-__all__ = ["RateMeter", "demo_config", "evidence_line", "run_demo", "status_line"]
+__all__ = ["demo_config", "run_demo"]
 
-SERVICE = "web"
-POOLS = ("stable", "canary")
 RAMP = (5.0, 10.0, 25.0, 50.0)
 STABLE_FAILURE_RATE = 0.01
 USERS = 200
@@ -62,9 +67,7 @@ MAX_IN_FLIGHT = 64  # past this, a slow proxy makes the generator skip rather th
 PATHS = ("/", "/products", "/cart", "/search?q=boots", "/api/items/42")
 PREFERRED_PORTS = (8080, 9901)
 LOCAL = "127.0.0.1"
-VERDICT_STYLES = {"healthy": "green", "ejected": "bold red", "shared_degradation": "yellow"}
 
-State = dict[str, Any]  # STATE as the admin API answers it (SPEC "Admin API")
 
 BANNER = """\
 canaryproxy demo: stable v1.0, canary v1.1 failing {failure:.0%} of requests
@@ -263,118 +266,6 @@ async def ramp(admin: WeightSetter, seconds: float, events: list[str]) -> None:
             events.append(f"RAMP: stopped at {before:g} %, the canary is ejected")
             return
         events.append(f"RAMP: canary weight {before:g} → {after:g} % (admin API: {status})")
-
-
-# -- the view (pure: STATE in, text out) ------------------------------------------------------
-class RateMeter:
-    """Requests per second per pool, from STATE's running totals over the last few seconds."""
-
-    def __init__(self, span: float = 3.0) -> None:
-        self.span = span
-        self.samples: deque[tuple[float, dict[str, int]]] = deque()
-
-    def update(self, totals: Mapping[str, int], now: float) -> dict[str, float]:
-        if self.samples and any(n < self.samples[-1][1].get(p, 0) for p, n in totals.items()):
-            self.samples.clear()  # a restore starts the judgement, and its counts, afresh
-        self.samples.append((now, dict(totals)))
-        while len(self.samples) > 2 and now - self.samples[0][0] > self.span:
-            self.samples.popleft()
-        start, first = self.samples[0]
-        if now <= start:
-            return {pool: 0.0 for pool in totals}
-        return {pool: (n - first.get(pool, 0)) / (now - start) for pool, n in totals.items()}
-
-
-def request_totals(state: State) -> dict[str, int]:
-    evidence = state.get("evidence") or {}
-    return {p: int((evidence.get(p) or {}).get("requests_since_reset", 0)) for p in POOLS}
-
-
-def percent(share: float | None) -> str:
-    if share is None:
-        return "-"
-    return f"{share * 100:.0f} %" if share >= 0.1 else f"{share * 100:.1f} %"
-
-
-def pool_cells(state: State, pool: str, rate: float, users: int | None) -> dict[str, str]:
-    """One pool's figures: its weight, users, and traffic, errors and latency over the window."""
-    window = state["window"][pool]
-    weight = float(state["canary_weight"])
-    backends = [b for b in state["backends"] if b["pool"] == pool]
-    return {
-        "weight": f"{weight if pool == 'canary' else 100 - weight:g} %",
-        "users": "-" if users is None else str(users),
-        "req/s": f"{rate:.0f}",
-        "errors": percent(window["error_rate"]) if window["requests"] else "-",
-        "p50": "-" if window["p50_ms"] is None else f"{window['p50_ms']:.0f} ms",
-        "p99": "-" if window["p99_ms"] is None else f"{window['p99_ms']:.0f} ms",
-        "up": f"{sum(1 for b in backends if b['healthy'])}/{len(backends)}",
-    }
-
-
-def evidence_line(state: State) -> str:
-    """The comparative test's case: shares of requests and errors, and odds against threshold."""
-    ev = state.get("evidence") or {}
-    if not ev:
-        return "no evidence yet"
-    share = ev.get("canary_share_of_requests_window") or ev.get("canary_share_of_requests")
-    errors = percent(ev.get("canary_share_of_errors"))
-    parts = [f"canary: {percent(share)} of requests, {errors} of errors"]
-    if ev.get("error_rate_ratio") is not None:
-        parts.append(f"error rate {ev['error_rate_ratio']:.2g}× stable's")
-    parts.append(
-        f"odds {ev['odds']} against no-worse-than-stable, ejects at {ev['threshold_odds']}"
-    )
-    if ev.get("canary_requests_needed") is not None:
-        parts.append(f"~{ev['canary_requests_needed']} more canary requests to decide")
-    return "; ".join(parts)
-
-
-def ejection_line(state: State) -> str | None:
-    if not state["ejected"]:
-        return None
-    return f"EJECTED: {state['eject_reason']} (rule: {state['eject_rule']})"
-
-
-def status_line(
-    state: State, rates: Mapping[str, float], users: Mapping[str, int], elapsed: float
-) -> str:
-    """The plain-text view, one line a second."""
-    line = f"[{elapsed:3.0f}s] {state['verdict']}, canary weight {state['canary_weight']:g} %"
-    for pool in POOLS:
-        c = pool_cells(state, pool, rates.get(pool, 0.0), users.get(pool))
-        line += (
-            f" | {pool}: {c['users']} users, {c['req/s']} req/s, {c['errors']} errors, "
-            f"p50 {c['p50']}, p99 {c['p99']}, {c['up']} up"
-        )
-    ev = state.get("evidence") or {}
-    return line + (f" | odds {ev['odds']}, ejects at {ev['threshold_odds']}" if ev else "")
-
-
-def render(
-    state: State, rates: Mapping[str, float], users: Mapping[str, int], events: list[str]
-) -> RenderableType:
-    """The live view: a row per pool, the verdict, its evidence, the ejection, recent events."""
-    table = Table(title=f"service {SERVICE}", title_justify="left")
-    columns = ("weight", "users", "req/s", "errors", "p50", "p99", "up")
-    table.add_column("pool")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for pool in POOLS:
-        cells = pool_cells(state, pool, rates.get(pool, 0.0), users.get(pool))
-        table.add_row(pool, *(cells[column] for column in columns))
-    verdict = str(state["verdict"])
-    parts: list[RenderableType] = [
-        table,
-        Text(f"verdict: {verdict}", style=VERDICT_STYLES.get(verdict, "cyan")),
-        Text(evidence_line(state)),
-    ]
-    ejection = ejection_line(state)
-    if ejection is not None:
-        parts.append(Text(ejection, style="bold red"))
-    parts += [Text(event, style="dim") for event in events[-6:]]
-    parts.append(Text("Ctrl-C stops the demo", style="dim"))
-    return Group(*parts)
 
 
 # -- running it -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from canaryproxy import demo
+from canaryproxy import demo, demo_view
 
 
 def window(requests: int, errors: int, p50: float | None, p99: float | None) -> dict[str, Any]:
@@ -81,7 +81,7 @@ EMPTY_WINDOW = window(0, 0, None, None)
     ids=["stable-row", "canary-row", "decimal-weight", "stable-is-the-rest", "empty-window"],
 )
 def test_pool_cells(st: dict[str, Any], pool: str, expected: dict[str, str]) -> None:
-    cells = demo.pool_cells(st, pool, 12.4, 7)
+    cells = demo_view.pool_cells(st, pool, 12.4, 7)
     assert cells["req/s"] == "12"
     assert cells["users"] == "7"
     assert {key: cells[key] for key in expected} == expected
@@ -100,11 +100,11 @@ def test_pool_cells(st: dict[str, Any], pool: str, expected: dict[str, str]) -> 
     ids=["none", "zero", "small", "ten", "large", "all"],
 )
 def test_percent(share: float | None, text: str) -> None:
-    assert demo.percent(share) == text
+    assert demo_view.percent(share) == text
 
 
 def test_status_line_shows_weight_pools_and_odds() -> None:
-    line = demo.status_line(state(), {"stable": 90.4, "canary": 9.6}, {"stable": 180}, 12.2)
+    line = demo_view.status_line(state(), {"stable": 90.4, "canary": 9.6}, {"stable": 180}, 12.2)
     assert line == (
         "[ 12s] insufficient_samples, canary weight 10 % "
         "| stable: 180 users, 90 req/s, 1.0 % errors, p50 13 ms, p99 21 ms, 1/2 up "
@@ -139,7 +139,7 @@ def test_status_line_shows_weight_pools_and_odds() -> None:
     ids=["full", "no-judge", "no-errors-yet"],
 )
 def test_evidence_line(st: dict[str, Any], expected: str) -> None:
-    assert demo.evidence_line(st) == expected
+    assert demo_view.evidence_line(st) == expected
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_evidence_line(st: dict[str, Any], expected: str) -> None:
     ids=["running", "ejected"],
 )
 def test_ejection_line(st: dict[str, Any], expected: str | None) -> None:
-    assert demo.ejection_line(st) == expected
+    assert demo_view.ejection_line(st) == expected
 
 
 @pytest.mark.parametrize(
@@ -172,7 +172,7 @@ def test_ejection_line(st: dict[str, Any], expected: str | None) -> None:
     ids=["first-sample", "one-second", "keeps-last-3s", "restore-resets", "after-reset"],
 )
 def test_rate_meter(samples: list[tuple[float, int, int]], expected: tuple[float, float]) -> None:
-    meter = demo.RateMeter(span=3.0)
+    meter = demo_view.RateMeter(span=3.0)
     rates: dict[str, float] = {}
     for now, stable, canary in samples:
         rates = meter.update({"stable": stable, "canary": canary}, now)
@@ -180,14 +180,14 @@ def test_rate_meter(samples: list[tuple[float, int, int]], expected: tuple[float
 
 
 def test_request_totals_read_the_judges_running_counts() -> None:
-    assert demo.request_totals(state()) == {"stable": 900, "canary": 100}
-    assert demo.request_totals(state(evidence={})) == {"stable": 0, "canary": 0}
+    assert demo_view.request_totals(state()) == {"stable": 900, "canary": 100}
+    assert demo_view.request_totals(state(evidence={})) == {"stable": 0, "canary": 0}
 
 
 def test_render_builds_a_renderable_with_the_ejection() -> None:
     console = Console(width=160, record=True, file=io.StringIO())
     st = state(ejected=True, eject_rule="comparative", eject_reason="odds 2e6:1", verdict="ejected")
-    console.print(demo.render(st, {"stable": 90.0}, {"stable": 190}, ["RAMP: 5 → 10 %"]))
+    console.print(demo_view.render(st, {"stable": 90.0}, {"stable": 190}, ["RAMP: 5 → 10 %"]))
     text = console.export_text()
     assert "EJECTED: odds 2e6:1 (rule: comparative)" in text
     assert "verdict: ejected" in text
