@@ -78,6 +78,8 @@ def demo(
     """A self-contained show: stable and canary backends, the proxy, traffic, ejection."""
     from canaryproxy.demo import run_demo
 
+    logs.setup(logging.WARNING)  # the ejection and health flips, as JSON lines on stderr
+
     sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic)))
 
 
