@@ -119,7 +119,7 @@ def start_targets(children: Children, tools: Tools, tmp: Path, settings: Setting
         targets.append(Target("direct", server.url))
     if "nginx" in settings.kinds:
         nginx = start_nginx_proxy(children, tools, tmp / "nginx", backend, ports[2], proxy)
-        targets.append(Target("nginx", nginx.url, tuple(nginx.cpu_pids())))
+        targets.append(Target("nginx", nginx.url, nginx.cpu_pids()))
     if "canaryproxy" in settings.kinds or settings.cookies:
         targets += canaryproxy_targets(children, tools, tmp, backend, settings)
     for target in targets:
@@ -140,11 +140,11 @@ def canaryproxy_targets(
         sink = Path(ACCESS_LOG_SINK)
         server = start_canaryproxy(children, tools, workdir, config, settings.proxy_core, sink)
         if "canaryproxy" in settings.kinds:
-            targets.append(Target(name, server.url, server.pids))
+            targets.append(Target(name, server.url, server.cpu_pids()))
         if settings.cookies and name == "canaryproxy":
             cookie = sticky_cookie(server.url)
             targets.append(
-                Target("canaryproxy+cookie", server.url, server.pids, (f"Cookie: {cookie}",))
+                Target("canaryproxy+cookie", server.url, server.cpu_pids(), (f"Cookie: {cookie}",))
             )
     return targets
 
@@ -157,9 +157,14 @@ def run_rounds(
     for round_ in range(1, settings.rounds + 1):
         for connections in CONNECTIONS:
             for target in targets:
-                cores = (settings.proxy_core, settings.load_core)
                 sample = measure(
-                    children, tools, target, connections, settings.duration, cores, round_
+                    children,
+                    tools,
+                    target,
+                    connections,
+                    settings.duration,
+                    settings.load_core,
+                    round_,
                 )
                 samples.append(sample)
                 print(
@@ -183,7 +188,7 @@ class Row:
     p99_ms: float
     cpu_us_per_request: float | None
     proxy_busy: float | None
-    others_on_core: float
+    others: float
     errors: int
 
 
@@ -207,7 +212,7 @@ def median_rows(samples: list[Sample]) -> list[Row]:
                 _median([s.wrk.p99_ms for s in group]),
                 _median(cpus) if cpus else None,
                 _median(busy) if busy else None,
-                _median([s.others_on_core for s in group]),
+                _median([s.others for s in group]),
                 sum(s.wrk.errors for s in group),
             )
         )
@@ -303,7 +308,7 @@ def render_header(settings: Settings, env: dict[str, str], rows: list[Row]) -> l
         f"load average before -> after: {env['load_before']} -> {env['load_after']}"
         " (shared machine: numbers are noisy, ratios within one run are what compare)",
         "added p50: p50 - direct's p50; busy: proxy CPU time / wall time (1.00 = its core"
-        f" saturated); other: share of CPU {settings.proxy_core} used by anything but the proxy",
+        " saturated); other: CPUs' worth of time used by processes outside the benchmark",
     ]
 
 
@@ -322,7 +327,7 @@ def render_rows(rows: list[Row]) -> list[str]:
         lines.append(
             f"{r.target:<20} {r.connections:>5} {r.rps:>10,.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
             f" {_num(added, '.3f'):>10} {_num(r.cpu_us_per_request, '.1f'):>11}"
-            f" {_num(r.proxy_busy, '.2f'):>5} {r.others_on_core:>6.2f} {r.errors:>7}"
+            f" {_num(r.proxy_busy, '.2f'):>5} {r.others:>6.2f} {r.errors:>7}"
         )
     return lines
 

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -170,14 +171,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLOCK_TICKS
 
 
-def core_busy_seconds(core: int) -> float:
-    """Time CPU ``core`` spent not idle since boot, from /proc/stat (proc(5))."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *ticks = line.split()
-        if name == f"cpu{core}":
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
-            return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-    raise BenchError(f"no cpu{core} line in /proc/stat")
+def machine_busy_seconds() -> float:
+    """CPU time every CPU spent running something (user, nice, system, steal): /proc/stat."""
+    first = Path("/proc/stat").read_text().split("\n", 1)[0]  # the "cpu" line: all CPUs
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, first.split()[1:9])
+    return (user + nice + system + steal) / _CLOCK_TICKS
+
+
+def own_cpu_seconds(children: Children) -> float:
+    """CPU time of the runner, of its children it reaped (wrk) and of those still running."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    live = [pid for proc in children.procs if proc.poll() is None for pid in process_tree(proc.pid)]
+    return sum(u.ru_utime + u.ru_stime for u in usage) + cpu_seconds(live)
 
 
 def process_tree(root: int) -> list[int]:
@@ -273,11 +278,12 @@ _NGINX_PROXY = """\
 @dataclass(frozen=True, slots=True)
 class Server:
     url: str
-    pids: tuple[int, ...]  # the processes whose CPU time a request through it costs
+    pid: int
     proc: subprocess.Popen[bytes]
 
-    def cpu_pids(self) -> list[int]:
-        return process_tree(self.pids[0]) if len(self.pids) == 1 else list(self.pids)
+    def cpu_pids(self) -> tuple[int, ...]:
+        """The processes whose CPU time a request through this server costs."""
+        return tuple(process_tree(self.pid))
 
 
 def start_nginx(
@@ -290,7 +296,9 @@ def start_nginx(
     argv = [tools.nginx, "-p", str(workdir), "-c", str(conf), "-e", str(log)]
     proc = children.start(argv, core, subprocess.DEVNULL, log.open("ab"))
     _wait_until(lambda: _accepts(port), proc, f"nginx ({conf})", log)
-    return Server(f"http://{HOST}:{port}/", (proc.pid,), proc)
+    # The master binds before it forks: wait for the worker, whose CPU time is the proxy's.
+    _wait_until(lambda: len(process_tree(proc.pid)) > 1, proc, f"nginx worker ({conf})", log)
+    return Server(f"http://{HOST}:{port}/", proc.pid, proc)
 
 
 def start_backend(
@@ -359,7 +367,7 @@ def start_canaryproxy(
     _wait_until(
         lambda: "proxy" in listening(log) and "admin" in listening(log), proc, "canaryproxy", log
     )
-    return Server(f"http://{listening(log)['proxy']}/", (proc.pid,), proc)
+    return Server(f"http://{listening(log)['proxy']}/", proc.pid, proc)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -381,7 +389,7 @@ class Sample:
     wrk: WrkResult
     cpu_us_per_request: float | None  # proxy CPU time per request
     proxy_busy: float | None  # proxy CPU time / wall time: 1.0 is one core saturated
-    others_on_core: float  # share of the proxy's core used by processes that are not the proxy
+    others: float  # CPUs' worth of time used by processes the benchmark did not start
 
 
 def check_target(target: Target) -> None:
@@ -432,31 +440,23 @@ def measure(
     target: Target,
     connections: int,
     seconds: int,
-    cores: tuple[int, int],
+    core: int,
     round_: int,
 ) -> Sample:
     """A 1 s warm-up, then the timed run, charging the proxy's CPU time to its requests.
 
-    ``cores`` is (proxy core, load core). What else ran on the proxy's core is measured
-    too: on a shared machine it says how far to trust the run.
+    The CPU time everything else on the machine used meanwhile is measured too: on a
+    shared machine it says how far to trust the run.
     """
-    proxy_core, load_core = cores
-    run_wrk(children, tools, target, connections, 1, load_core)
+    run_wrk(children, tools, target, connections, 1, core)
     pids = list(target.cpu_pids)
-    proxy_before = cpu_seconds(pids)
-    core_before, wall_before = core_busy_seconds(proxy_core), time.monotonic()
-    result = run_wrk(children, tools, target, connections, seconds, load_core)
-    proxy = cpu_seconds(pids) - proxy_before
+    proxy_before, own_before = cpu_seconds(pids), own_cpu_seconds(children)
+    machine_before, wall_before = machine_busy_seconds(), time.monotonic()
+    result = run_wrk(children, tools, target, connections, seconds, core)
+    proxy, own = cpu_seconds(pids) - proxy_before, own_cpu_seconds(children) - own_before
     wall = time.monotonic() - wall_before
-    others = max(0.0, core_busy_seconds(proxy_core) - core_before - proxy) / wall
+    others = max(0.0, machine_busy_seconds() - machine_before - own) / wall
     if not pids or not result.requests:
         return Sample(target.name, connections, round_, result, None, None, others)
-    return Sample(
-        target.name,
-        connections,
-        round_,
-        result,
-        proxy / result.requests * 1e6,
-        proxy / result.seconds,
-        others,
-    )
+    cpu_us = proxy / result.requests * 1e6
+    return Sample(target.name, connections, round_, result, cpu_us, proxy / wall, others)
