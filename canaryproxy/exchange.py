@@ -499,13 +499,14 @@ class Exchange:
         self.ctx.record(self, status, duration, aborted)
         self.down.exchange_finished(self, keep_alive)
 
-    def client_timed_out(self) -> None:
-        """The client stalled mid-body: 408; a partly sent request is cut off upstream."""
+    def client_failed(self, status: int, reason: str) -> None:
+        """The request body will not complete (the client stalled or broke its framing):
+        answer ``status``; a partly sent request is cut off upstream, never completed."""
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
         self._drop_conn()
-        self.respond_locally(408, "timed out reading the request body")
+        self.respond_locally(status, reason)
 
     def client_lost(self) -> None:
         """The client went away before the answer was complete: 499, charged to no pool."""

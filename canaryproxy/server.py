@@ -157,7 +157,10 @@ class Downstream(asyncio.Protocol):
                 self.upgrading.tunnel_from_client(tail)
         except httptools.HttpParserError as exc:
             bad, self._bad = self._bad, None
-            if bad is not None:
+            broken, self.parsing = self.parsing, None
+            if broken is not None:  # bad body framing: that request cannot be completed
+                self._body_failed(broken, 400, f"malformed request body: {exc}")
+            elif bad is not None:
                 self._reject(bad.status, bad.reason)
             elif isinstance(exc, httptools.HttpParserInvalidMethodError):
                 # llhttp stops at the first byte no known method starts with, so "FOO / HTTP/1.1"
@@ -278,6 +281,9 @@ class Downstream(asyncio.Protocol):
             elif lname == b"content-length":
                 content_length = value
             elif lname == b"transfer-encoding":
+                # Repeated fields are one list (RFC 9110 §5.3): "gzip" then "chunked" is gzip.
+                if transfer_encoding is not None:
+                    value = transfer_encoding + b", " + value
                 transfer_encoding = value
             elif lname == b"expect":
                 if value.strip().lower() != b"100-continue":
@@ -295,6 +301,9 @@ class Downstream(asyncio.Protocol):
             self._fail(400, "missing Host header")
         head.host = hosts[0].decode("latin-1") if hosts else ""
         if transfer_encoding is not None:
+            if head.version == b"1.0":
+                # RFC 9112 §6.1: faulty framing; an HTTP/1.0 hop may ignore it (smuggling).
+                self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
             if content_length is not None:
                 self._fail(400, "both Content-Length and Transfer-Encoding")
             if not http11.is_chunked(transfer_encoding):
@@ -378,8 +387,12 @@ class Downstream(asyncio.Protocol):
             self._close()
             return
         if self.pipeline:
-            self.current = self.pipeline.popleft()
-            self.current.start()
+            self.current = current = self.pipeline.popleft()
+            if current is self.parsing:
+                # Its body is still to come: read it (body backpressure bounds the buffer).
+                self._pipeline_paused = False
+                self._update_reading()
+            current.start()
             return
         if self._pending_reject is not None:
             # A refused request came after the ones answered: its answer, then the close.
@@ -427,17 +440,21 @@ class Downstream(asyncio.Protocol):
         parsing = self.parsing
         if self.upgrading is not None and self.upgrading.is_tunnel:
             return  # tunnels have no proxy-side deadline; either side may close
+        # While reading is paused (backpressure, or a pipelined request waiting its turn) we
+        # are the slow side, not the client.
         if self.in_message and parsing is None:
             deadline = now + self.message_started + limits.header_timeout - time.monotonic()
-            if now >= deadline:
+            if self._reading_paused:
+                deadline = now + limits.header_timeout
+            elif now >= deadline:
                 self._reject(408, "timed out reading the request head")
                 return
         elif parsing is not None and not parsing.req_done:
             deadline = self.last_read + limits.body_timeout
-            if self._body_paused:
-                deadline = now + limits.body_timeout  # we are the slow side, not the client
+            if self._reading_paused:
+                deadline = now + limits.body_timeout
             elif now >= deadline:
-                self._body_timeout(parsing)
+                self._body_failed(parsing, 408, "timed out reading the request body")
                 return
         elif self.current is None:
             deadline = self.last_read + limits.keepalive_timeout
@@ -448,14 +465,19 @@ class Downstream(asyncio.Protocol):
             return  # waiting on the upstream: its own deadlines apply
         self._arm(deadline)
 
-    def _body_timeout(self, exchange: Exchange) -> None:
-        if exchange.resp_started or exchange is not self.current:
-            self.abort()
-            if self.current is not None:
-                self.current.client_lost()
-            return
-        # Routed and counted already: one 408 for it, not a rejection plus a 499.
-        exchange.client_timed_out()
+    def _body_failed(self, exchange: Exchange, status: int, reason: str) -> None:
+        """A request whose body will not complete: stalled (408) or badly framed (400)."""
+        if exchange is not self.current:
+            # Queued behind the request in flight: it never starts, and is answered in turn.
+            if exchange in self.pipeline:
+                self.pipeline.remove(exchange)
+            self._reject(status, reason)
+        elif exchange.resp_started:
+            self.abort()  # the answer is under way: cutting the connection is all that is left
+            exchange.client_lost()
+        else:
+            # Routed and counted already: one response for it, not a rejection plus a 499.
+            exchange.client_failed(status, reason)
 
 
 class ProxyServer:

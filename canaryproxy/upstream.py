@@ -30,6 +30,7 @@ class UpstreamConn(asyncio.Protocol):
         "_idle_handle",
         "exchange",
         "head_bytes",
+        "head_read",
         "is_closed",
         "is_released",
         "last_read",
@@ -46,6 +47,7 @@ class UpstreamConn(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.requests = 0
         self.head_bytes = 0
+        self.head_read = 0
         self.last_read = 0.0
         self.is_closed = False
         self.is_released = False
@@ -85,6 +87,12 @@ class UpstreamConn(asyncio.Protocol):
         if self.is_released:
             self.is_released = False
             self.pool.give_back(self)  # closes instead when the surplus closed us
+        elif self.exchange is exchange and not exchange.resp_started:
+            # The head is still incomplete: bound what httptools buffers for a header that
+            # never ends (on_header only sees complete ones).
+            self.head_read += len(data)
+            if self.head_read > MAX_RESPONSE_HEAD:
+                exchange.upstream_failed("protocol", "upstream response head too large")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -115,7 +123,7 @@ class UpstreamConn(asyncio.Protocol):
         self.exchange.resp_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.head_bytes = 0
+        self.head_bytes = self.head_read = 0
         if self.exchange is None:
             raise ValueError("unexpected upstream response")
         self.exchange.on_response_head(self.parser.get_status_code(), self)

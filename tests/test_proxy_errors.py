@@ -154,7 +154,7 @@ async def test_no_answer_within_response_timeout_is_504(backend: Backend) -> Non
     config = make_config({"web": service([backend.url], timeouts=timeouts)})
     async with start_proxy(config) as proxy:
         started = time.monotonic()
-        status, _ = await get(proxy, "/sleep/3")
+        status, _ = await get(proxy, "/sleep/1")
         elapsed = time.monotonic() - started
         errors = upstream_errors(proxy, "stable")
         answered = requests_total(proxy, "stable", 504)
@@ -272,6 +272,28 @@ async def test_bad_upstream_response_is_502(data: bytes, leak: bytes | None) -> 
     assert len(response) < 1000
     assert errors["protocol"] == 1
     assert answered == 1
+
+
+async def test_endless_upstream_head_is_502_without_waiting_for_the_deadline() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(200):
+            writer.write(b"a" * 4096)
+            await writer.drain()
+            await asyncio.sleep(0.001)
+
+    timeouts = {"connect": "1s", "response": "10s"}
+    async with raw_backend(endless) as raw:
+        config = make_config({"web": service([raw.url], timeouts=timeouts)})
+        async with start_proxy(config) as proxy:
+            started = time.monotonic()
+            status, _ = await get(proxy, "/")
+            elapsed = time.monotonic() - started
+            errors = upstream_errors(proxy, "stable")
+    assert status == 502
+    assert elapsed < 3.0
+    assert errors["protocol"] == 1
 
 
 # Stale keep-alive connections: retried only when provably never processed -------------------

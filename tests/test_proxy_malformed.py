@@ -51,6 +51,13 @@ MALFORMED = [
     ),
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nhello", 501),
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
     (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!", 400),
     (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
@@ -93,6 +100,9 @@ MALFORMED_IDS = [
     "content-length-and-transfer-encoding",
     "transfer-encoding-gzip",
     "transfer-encoding-gzip-chunked",
+    "transfer-encoding-repeated-field",  # one list: gzip, chunked (RFC 9110 §5.3)
+    "transfer-encoding-in-http-1.0",  # RFC 9112 §6.1: faulty framing
+    "space-before-colon",
     "duplicate-differing-content-length",
     "content-length-list",
     "negative-content-length",
@@ -346,4 +356,68 @@ async def test_stalled_body_is_one_408_charged_to_no_backend(backend: Backend) -
     assert [e["status"] for e in proxy.access] == [408]
     assert aborts == 0
     assert errors == [0, 0, 0, 0]
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"5\r\nhelloXX0\r\n\r\n", b"5\nhello\n0\n\n", b"zz\r\nhello\r\n0\r\n\r\n"],
+    ids=["chunk-longer-than-its-size", "bare-lf-framing", "bad-chunk-size"],
+)
+async def test_badly_framed_body_is_400_at_once_and_never_completes_upstream(
+    backend: Backend, body: bytes
+) -> None:
+    config = make_config({"web": service([backend.url])})
+    request = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    async with start_proxy(config) as proxy:
+        reader, writer = await asyncio.open_connection(LOCAL, proxy.port)
+        writer.write(request)
+        response, closed = await _read_all(reader, 2.0)
+        writer.close()
+    assert closed
+    assert status_of(response) == 400
+    assert backend.seen == []
+    assert [e["status"] for e in proxy.access] == [400]
+
+
+async def test_pipelined_body_waiting_its_turn_is_not_a_timeout(backend: Backend) -> None:
+    # Reading pauses while a pipelined request waits; that silence is ours, not the client's.
+    config = make_config({"web": service([backend.url])}, limits=TIMEOUTS)
+    request = (
+        b"GET /sleep/0.8 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    )
+    async with start_proxy(config) as proxy:
+        reader, writer = await asyncio.open_connection(LOCAL, proxy.port)
+        writer.write(request)
+        await asyncio.sleep(0.1)
+        writer.write(b"hello")
+        response, closed = await _read_all(reader, 3.0)
+        writer.close()
+    assert closed
+    assert [status_of(b"HTTP/1.1 " + part) for part in response.split(b"HTTP/1.1 ")[1:]] == [
+        200,
+        200,
+    ]
+    assert [s["path"] for s in backend.seen] == ["/sleep/0.8", "/upload"]
+
+
+async def test_endless_head_is_cut_at_the_limit(backend: Backend) -> None:
+    config = make_config({"web": service([backend.url])}, limits=LIMITS)
+    async with start_proxy(config) as proxy:
+        reader, writer = await asyncio.open_connection(LOCAL, proxy.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Endless: ")
+        reading = asyncio.ensure_future(_read_all(reader, 3.0))
+        for _ in range(64):
+            if reading.done():
+                break
+            try:
+                writer.write(b"a" * 1024)
+            except (ConnectionError, RuntimeError):  # uvloop: the transport is closed
+                break
+            await asyncio.sleep(0.005)
+        response, closed = await reading
+        writer.close()
+    assert closed
+    assert status_of(response) == 431
     assert backend.seen == []
