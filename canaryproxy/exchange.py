@@ -343,7 +343,7 @@ class Exchange:
             self._finish(101, keep_alive=False)
             return
         if self.resp_started:
-            if self.resp_until_eof:
+            if self.resp_until_eof and exc is None:  # a reset is no end of a body: abort
                 self.on_response_complete_eof()
             else:
                 self._abort_midbody("reset")

@@ -8,6 +8,8 @@ against the pool that caused them.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -205,6 +207,39 @@ async def test_upstream_dying_mid_body_aborts_the_client(head: bytes) -> None:
             errors = upstream_errors(proxy, "stable")
     assert errors["reset"] == 1
     assert len(proxy.access) == 1
+
+
+async def test_reset_during_a_close_delimited_body_aborts_the_client() -> None:
+    # Without Content-Length or chunking the body ends at EOF; a reset is not an EOF.
+    async def resets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # SO_LINGER 0: RST, not FIN
+
+    async with raw_backend(resets) as raw:
+        config = make_config({"web": service([raw.url])})
+        async with start_proxy(config) as proxy:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(proxy.url + "/") as resp:
+                    assert resp.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await resp.read()
+            errors = upstream_errors(proxy, "stable")
+    assert errors["reset"] == 1
+
+
+async def test_close_delimited_body_ends_cleanly_at_eof() -> None:
+    async with raw_backend(answer_with(b"HTTP/1.1 200 OK\r\n\r\nall of it")) as raw:
+        config = make_config({"web": service([raw.url])})
+        async with start_proxy(config) as proxy:
+            status, body = await get(proxy, "/")
+            errors = upstream_errors(proxy, "stable")
+    assert (status, body) == (200, b"all of it")
+    assert sum(errors.values()) == 0
 
 
 async def test_upstream_dying_mid_body_is_no_clean_end_on_the_wire() -> None:
