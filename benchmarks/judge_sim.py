@@ -1,6 +1,6 @@
 """Monte Carlo of the canary's judge against the scenario table of issue 5.
 
-    python -m benchmarks.judge_sim [--runs 1000] [--seed 1]
+    python -m benchmarks.judge_sim [--runs 1000] [--seed 1] [--healthy-requests 200000]
 
 It drives ``canaryproxy.budget.Judge`` itself, no sockets. Traffic: requests
 arrive evenly at ``RPS`` a second; each is the canary's with probability ``w``
@@ -41,7 +41,7 @@ class Phase:
 
 @dataclass(slots=True)
 class Run:
-    """One simulated rollout: where (if anywhere) it was ejected, and probes on the way."""
+    """One simulated rollout: how far it got and where (if anywhere) it was ejected."""
 
     judge: Judge
     rng: random.Random
@@ -182,6 +182,7 @@ def scenario_five_times(seeds: random.Random, runs: int) -> Row:
     for w in SHARES:
         for p0 in STABLE_RATES:
             scaled = _p95(detection(seeds, runs, w, p0, 5 * p0)) * p0
+            print(f"    5x, w={w:.0%}, p0={p0:.1%}: p95 {scaled:.1f}/p0", flush=True)
             if scaled >= worst:
                 worst, worst_at = scaled, f"w={w:.0%}, p0={p0:.1%}"
     result = f"p95 <= {worst:.1f}/p0 (worst at {worst_at}; 9 configs x {runs})"
@@ -189,19 +190,23 @@ def scenario_five_times(seeds: random.Random, runs: int) -> Row:
 
 
 def scenario_healthy(seeds: random.Random, runs: int, requests: int) -> Row:
-    false, total, worst_at = 0, 0, []
+    false, total, healthy, worst_at = 0, 0, 0, []
     for w in SHARES:
         for p0 in STABLE_RATES:
             for _ in range(runs):
                 run = _new_run(seeds, w)
                 run.play(Phase(requests, p0, p0))
                 total += 1
+                healthy += run.judge.verdict(run.now()) == "healthy"
                 if run.ejection is not None:
                     false += 1
                     worst_at.append(f"w={w:.0%},p0={p0:.1%}")
     bound = _upper_95(false, total)
     where = f" [{', '.join(sorted(set(worst_at)))}]" if worst_at else ""
-    result = f"{false} of {total} runs ({false / total:.1e}; 95% upper {bound:.1e}){where}"
+    result = (
+        f"{false} of {total} runs ({false / total:.1e}; 95% upper {bound:.1e}){where}; "
+        f"verdict healthy at the end in {healthy}"
+    )
     target = "false ejection < 1 in 1,000 runs"
     return (f"healthy canary, {requests:,} requests", target, result, false / total < 1e-3)
 

@@ -382,7 +382,7 @@ class Judge:
             "stable": _pool_counts(stable),
             "canary": _pool_counts(canary),
             "canary_share_of_requests": _ratio(canary.since_requests, requests),
-            "canary_share_of_requests_window": self._window_share(),
+            "canary_share_of_requests_window": _rounded(self._window_share()),
             "canary_share_of_errors": _ratio(canary.since_errors, errors),
             "error_rate_ratio": _rate_ratio(canary, stable),
             "log_odds": round(self._log_odds, 4),
@@ -464,8 +464,6 @@ class Judge:
         return errors / n > self.params.max_error_rate or slow * 100 > n * SLOW_SHARE_PERCENT
 
     def _check_backstop(self) -> Ejection | None:
-        if self._canary.n < self._min_requests:
-            return None  # the common case, decided before any summing
         n, errors, slow = self._backstop_counts()
         if not self._backstop_fires(n, errors, slow):
             return None
@@ -611,6 +609,10 @@ def _two_distinct(value: float, limit: float) -> tuple[str, str]:
         if a != b:
             return a, b
     return repr(value), repr(limit)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _ratio(part: int, whole: int) -> float | None:
