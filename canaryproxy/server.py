@@ -7,6 +7,9 @@ Rules:
   with its status and the connection closed; it never reaches a backend.
 - Deadlines protect the proxy: ``header_timeout`` from the first byte of a head to its end,
   ``body_timeout`` of silence while a body is read (both 408), ``keepalive_timeout`` idle.
+  Silence while reading is paused (backpressure, a pipelined request waiting) is ours.
+- A body that stalls or breaks its framing gets one answer (408 / 400) and the connection
+  closes; whatever of it reached a backend is cut off, never completed.
 - Pipelined requests are answered in order; reading pauses while one is in flight.
 - The connection is the unit of draining: on SIGTERM idle ones close, busy ones close after
   their current response.
