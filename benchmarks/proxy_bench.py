@@ -130,6 +130,9 @@ class Children:
             stderr=stderr,
             start_new_session=True,
         )
+        for stream in (stdout, stderr):
+            if not isinstance(stream, int):
+                stream.close()  # the child holds its own copy
         self.procs.append(proc)
         return proc
 
