@@ -71,7 +71,10 @@ class Hub:
         if route is not None:
             self._account(exchange, route, status, duration, aborted)
         if self.access_log.is_enabled:
-            self.access_log.write(_entry(exchange, status, duration))
+            entry = _entry(exchange, status, duration)
+            if aborted:
+                entry["aborted"] = True  # the response was cut off, not completed
+            self.access_log.write(entry)
 
     def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None:
         self.metrics.rejected(status)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from canaryproxy.upstream import BackendPool
 
 MAX_HEADERS = 100
+LINGER_SECONDS = 2.0  # how long a closing connection still reads and discards
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -413,8 +414,18 @@ class Downstream(asyncio.Protocol):
     # internals -------------------------------------------------------------------------------
     def _close(self) -> None:
         self.is_closing = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.in_message and transport.can_write_eof():
+            # The client may still be sending a request we will not read. Closing now would
+            # answer its bytes with a reset that can destroy our response in flight; instead
+            # half-close and discard what arrives for a while (nginx's lingering close).
+            transport.write_eof()
+            transport.resume_reading()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+            return
+        transport.close()
 
     def _update_reading(self) -> None:
         paused = self._body_paused or self._pipeline_paused
