@@ -27,9 +27,13 @@ class AccessLog:
         return self.stream is not None
 
     def write(self, entry: dict[str, object]) -> None:
+        if self.stream is not None:
+            self.write_line(json.dumps(entry, separators=(",", ":")))
+
+    def write_line(self, line: str) -> None:
+        """Append one already-encoded JSON line (the request path builds its own)."""
         if self.stream is None:
             return
-        line = json.dumps(entry, separators=(",", ":"))
         self.lines.append(line)
         self.size += len(line)
         if self.size >= FLUSH_BYTES:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from canaryproxy import http11
-from canaryproxy.http11 import LAST_CHUNK, VIA, Headers, chunk
+from canaryproxy.http11 import FORWARDED, HOP_BY_HOP, LAST_CHUNK, VIA, Headers, chunk
 
 if TYPE_CHECKING:
     from canaryproxy.director import BackendRuntime, Route
@@ -46,6 +46,7 @@ class RequestHead:
     __slots__ = (
         "body_kind",
         "client_ip",
+        "connection",
         "expect_continue",
         "headers",
         "host",
@@ -71,6 +72,7 @@ class RequestHead:
         self.headers: Headers = []
         self.lheaders: Headers = []
         self.body_kind = NO_BODY
+        self.connection: frozenset[bytes] = frozenset()  # headers named by Connection
         self.expect_continue = False
         self.upgrade: bytes | None = None
         self.request_id = b""
@@ -82,7 +84,6 @@ class RequestHead:
 class Exchange:
     __slots__ = (
         "_connect_task",
-        "_timer",
         "backend",
         "body_buffer",
         "body_buffered",
@@ -97,6 +98,7 @@ class Exchange:
         "req_done",
         "resp_chunked",
         "resp_close",
+        "resp_connection",
         "resp_headers",
         "resp_started",
         "resp_until_eof",
@@ -120,6 +122,7 @@ class Exchange:
         self.body_buffered = 0
         self.req_done = head.body_kind == NO_BODY
         self.resp_headers: Headers = []
+        self.resp_connection: list[bytes] = []  # values of the response's Connection fields
         self.resp_started = False
         self.resp_chunked = False
         self.resp_close = False
@@ -134,7 +137,6 @@ class Exchange:
         self.upstream_head = b""
         self.sent_at = 0.0  # when a body that streamed to an attached upstream ended
         self.send_paused_at = 0.0  # since when the upstream has not taken our body bytes
-        self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -217,9 +219,10 @@ class Exchange:
             self.body_buffer = []
             self.body_buffered = 0
             self.down.set_body_paused(False)
-        self._timer = self.ctx.loop.call_later(
-            self.route.service.response_timeout, self._on_response_timeout
-        )
+        now = self.ctx.loop.time()
+        if self.req_done:
+            self.sent_at = now  # the response deadline counts from the end of the request
+        conn.watch(now + self.route.service.response_timeout)
 
     def feed_body(self, data: bytes) -> None:
         if self.head.body_kind == CHUNKED_BODY:
@@ -258,8 +261,8 @@ class Exchange:
     def on_response_head(self, status: int, conn: UpstreamConn) -> None:
         if 100 <= status < 200 and status != 101:
             self.resp_headers = []  # interim responses are not forwarded (as nginx)
+            self.resp_connection = []
             return
-        self._cancel_timer()
         self.status = status
         assert self.route is not None
         assert self.backend is not None
@@ -274,23 +277,23 @@ class Exchange:
         if self.head.method == b"HEAD" or status in NO_BODY_STATUSES:
             self.on_response_complete()  # reads keep-alive from the parser: before the reset
             conn.reset_parser()  # llhttp does not know the request was HEAD
-        else:
-            self._arm_body_watchdog()
 
     def _write_response_head(self, status: int, conn: UpstreamConn) -> None:
         assert self.route is not None
         out = [http11.status_line(status)]
-        named = http11.connection_tokens(self.resp_headers)
+        skip = (
+            HOP_BY_HOP | http11.tokens(self.resp_connection) if self.resp_connection else HOP_BY_HOP
+        )
         has_length = has_te = False
         for name, value in self.resp_headers:
             lname = name.lower()
-            if lname == b"transfer-encoding":
-                has_te = True
-            if http11.is_hop_by_hop(lname, named):
+            if lname in skip or lname.startswith(b"proxy-"):
+                if lname == b"transfer-encoding":
+                    has_te = True
                 continue
             if lname == b"content-length":
                 has_length = True
-            out.append(b"%b: %b\r\n" % (name, value))
+            out.append(name + b": " + value + b"\r\n")
         out.append(b"Via: " + VIA + b"\r\n")
         if self.route.set_cookie is not None:
             out.append(b"Set-Cookie: " + self.route.set_cookie + b"\r\n")
@@ -358,7 +361,6 @@ class Exchange:
             # A stale keep-alive connection: the request provably never got an answer and
             # carries no body, so sending it again on a fresh connection is safe.
             self.retried_reuse = True
-            self._cancel_timer()
             assert self.backend is not None
             self._connect_task = self.ctx.loop.create_task(self._connect(self.backend))
             return
@@ -380,43 +382,36 @@ class Exchange:
         else:
             self._fail(502, kind, message)
 
-    def _on_response_timeout(self) -> None:
-        self._timer = None
-        if self.is_done or self.resp_started:
-            return
+    def check_deadlines(self, now: float) -> float | None:
+        """The connection's watchdog asks: act on a passed deadline, or say when to look again.
+
+        Waiting for the head: ``timeouts.response`` from the end of the request (or from when
+        the backend stopped taking its body) → 504.  Streaming the body: the same span of
+        silence from the backend → the client connection is aborted.
+        """
+        conn = self.conn
+        if self.is_done or self.is_tunnel or conn is None:
+            return None
         assert self.route is not None
         timeout = self.route.service.response_timeout
-        now = self.ctx.loop.time()
+        if self.resp_started:
+            if self.down.is_write_paused:
+                return now + timeout  # the client is the slow side
+            due = conn.last_read + timeout
+            if now >= due:
+                self._abort_midbody("timeout")
+                return None
+            return due
         if self.req_done:
-            due = self.sent_at + timeout  # sent_at is 0 when the whole request went in _send
+            due = self.sent_at + timeout
         elif self.send_paused_at:
             due = self.send_paused_at + timeout  # the backend stopped taking the body
         else:
-            due = now + timeout  # the client is still uploading: not the backend's time yet
-        if now < due:
-            self._timer = self.ctx.loop.call_later(due - now, self._on_response_timeout)
-            return
-        self._fail(504, "timeout", "upstream did not answer in time")
-
-    def _arm_body_watchdog(self) -> None:
-        assert self.route is not None
-        self._timer = self.ctx.loop.call_later(
-            self.route.service.response_timeout, self._check_body_idle
-        )
-
-    def _check_body_idle(self) -> None:
-        self._timer = None
-        conn = self.conn
-        if self.is_done or conn is None:
-            return
-        assert self.route is not None
-        idle = self.ctx.loop.time() - conn.last_read
-        remaining = self.route.service.response_timeout - idle
-        if remaining > 0 or self.down.is_write_paused:
-            # Still within the deadline, or the client is the slow side: check again later.
-            self._timer = self.ctx.loop.call_later(max(remaining, 0.5), self._check_body_idle)
-            return
-        self._abort_midbody("timeout")
+            return now + timeout  # the client is still uploading: not the backend's time yet
+        if now >= due:
+            self._fail(504, "timeout", "upstream did not answer in time")
+            return None
+        return due
 
     def _fail(self, status: int, kind: str, message: str) -> None:
         """Answer the client ourselves after an upstream error charged to the backend."""
@@ -451,7 +446,7 @@ class Exchange:
 
     def _write_upgrade_head(self) -> None:
         out = [http11.status_line(101)]
-        named = http11.connection_tokens(self.resp_headers)
+        named = http11.tokens(self.resp_connection)
         for name, value in self.resp_headers:
             lname = name.lower()
             if not http11.is_hop_by_hop(lname, named):
@@ -494,7 +489,6 @@ class Exchange:
 
     def _finish(self, status: int, *, keep_alive: bool, aborted: bool = False) -> None:
         self.is_done = True
-        self._cancel_timer()
         duration = time.monotonic() - self.head.started
         self.ctx.record(self, status, duration, aborted)
         self.down.exchange_finished(self, keep_alive)
@@ -515,7 +509,6 @@ class Exchange:
                 self.conn.abort()
             return
         self.is_done = True
-        self._cancel_timer()
         if self._connect_task is not None:
             self._connect_task.cancel()
         self._drop_conn()
@@ -523,23 +516,19 @@ class Exchange:
         duration = time.monotonic() - self.head.started
         self.ctx.record(self, 499, duration, True)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
 
 def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
     """The request head sent to the backend (RFC 9110 §7.6: hop-by-hop out, Via in)."""
     out = [b"%b %b HTTP/1.1\r\n" % (head.method, head.target)]
-    named = http11.connection_tokens(head.headers)
+    skip = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
     chain: list[bytes] = []
     proto = fhost = None
     trusted = head.is_trusted
-    for (lname, value), (name, _) in zip(head.lheaders, head.headers, strict=True):
-        if http11.is_hop_by_hop(lname, named) or lname == strip:
+    headers = head.headers
+    for i, (lname, value) in enumerate(head.lheaders):
+        if lname in skip or lname == strip or lname.startswith(b"proxy-"):
             continue
-        if lname in http11.FORWARDED:
+        if lname in FORWARDED:
             if trusted:
                 if lname == b"x-forwarded-for":
                     chain.append(value)
@@ -548,7 +537,7 @@ def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
                 elif lname == b"x-forwarded-host":
                     fhost = value
             continue
-        out.append(b"%b: %b\r\n" % (name, value))
+        out.append(headers[i][0] + b": " + value + b"\r\n")
     xff = http11.forwarded_for(chain, head.client_ip, trusted)
     out.append(b"X-Forwarded-For: %b\r\n" % xff)
     out.append(b"X-Forwarded-Proto: %b\r\n" % (proto or b"http"))

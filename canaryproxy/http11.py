@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from http import HTTPStatus
 
 Headers = list[tuple[bytes, bytes]]
@@ -65,16 +66,17 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-def connection_tokens(headers: Headers) -> set[bytes]:
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """Lower-cased tokens of every ``Connection`` header (they name more hop-by-hop headers)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return tokens
+    return tokens(value for name, value in headers if name.lower() == b"connection")
 
 
-def is_hop_by_hop(lname: bytes, named: set[bytes]) -> bool:
+def tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Lower-cased tokens of comma-separated header values (e.g. every ``Connection``)."""
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:
     return lname in HOP_BY_HOP or lname in named or lname.startswith(b"proxy-")
 
 
@@ -122,7 +124,10 @@ def split_absolute_target(target: bytes) -> tuple[bytes, bytes]:
 
 
 def status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
+    return line
 
 
 def reason_phrase(status: int) -> bytes:
@@ -172,3 +177,6 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+# Built once: a status line per known code (the hot path only looks it up).
+_STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode("ascii")) for s in HTTPStatus}

