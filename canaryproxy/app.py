@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -75,7 +75,8 @@ class Proxy:
         self.judges: dict[str, Judge] = {}
         self.healths: dict[tuple[str, str, str], BackendHealth] = {}
         self.pools: dict[str, BackendPool] = {}
-        self.access_log = access_log or AccessLog(sys.stdout)
+        self.owns_access_log = access_log is None
+        self.access_log = access_log or AccessLog(open_access_log(config.access_log))
         self.hub = Hub(
             self.metrics, self.state, self.judges, self.access_log, self.clocks.monotonic
         )
@@ -172,7 +173,18 @@ class Proxy:
             await self.admin_runner.cleanup()
         await self.state.flush()
         self.access_log.flush()
+        stream = self.access_log.stream
+        if self.owns_access_log and stream is not None and stream not in (sys.stdout, sys.stderr):
+            stream.close()
         self.store.close()
+
+    def _reopen_access_log(self, where: str) -> None:
+        """SIGHUP reopens the access log (a moved file is recreated: logrotate's way)."""
+        old = self.access_log.stream
+        self.access_log.flush()
+        self.access_log.stream = open_access_log(where)
+        if old is not None and old not in (sys.stdout, sys.stderr):
+            old.close()
 
     def tick(self) -> None:
         """Refresh gauges that follow from time passing (health cool-offs, verdicts)."""
@@ -202,6 +214,8 @@ class Proxy:
             return False
         self.metrics.update_services(_metric_specs(config))
         self.state.load({name: s.canary_weight for name, s in config.services.items()})
+        if self.owns_access_log:
+            self._reopen_access_log(config.access_log)
         self.config = config
         self.director = self._build_director(config)
         self.ctx.director = self.director
@@ -245,6 +259,17 @@ async def serve(config: Config, config_path: str | None) -> int:
     await proxy.stop()
     log.info("stopped")
     return 0
+
+
+def open_access_log(where: str) -> IO[str] | None:
+    """The access log's stream: stdout, stderr, off (None) or a file opened for appending."""
+    if where == "off":
+        return None
+    if where in ("stdout", "-"):
+        return sys.stdout
+    if where == "stderr":
+        return sys.stderr
+    return open(where, "a", encoding="utf-8", buffering=1 << 16)
 
 
 def _metric_specs(config: Config) -> list[ServiceSpec]:

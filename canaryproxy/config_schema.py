@@ -369,6 +369,8 @@ class Config(_Frozen):
     sticky: StickyConfig = StickyConfig()
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Extension: where the access log goes: stdout, stderr, off, or a file path (appended).
+    access_log: NonEmptyString = "stdout"
     services: dict[Annotated[str, PlainValidator(parse_service_name)], ServiceConfig] = Field(
         default_factory=dict, validate_default=True
     )

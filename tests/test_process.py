@@ -230,3 +230,31 @@ def test_python_dash_m_matches_console_script() -> None:
     out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
     assert cli("--help").stdout == out.stdout
+
+
+async def test_access_log_to_a_file_is_reopened_on_sighup(tmp_path: Path, backend: Backend) -> None:
+    path = write_config(tmp_path, backend)
+    log_file = tmp_path / "access.log"
+    config = yaml.safe_load(path.read_text())
+    config["access_log"] = str(log_file)
+    path.write_text(yaml.safe_dump(config))
+    proc = await start(path)
+    try:
+        url = f"http://{LOCAL}:{proc.proxy_port}/first"
+        async with aiohttp.ClientSession() as s, s.get(url) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.8)  # flushed within 0.5 s
+        log_file.rename(tmp_path / "access.log.1")  # what logrotate does
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as s, s.get(url.replace("first", "second")) as resp:
+            assert resp.status == 200
+    finally:
+        assert await stop(proc) == 0
+    rotated = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
+    fresh = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [e["path"] for e in rotated] == ["/first"]
+    assert [e["path"] for e in fresh] == ["/second"]
+    assert fresh[0]["status"] == 200
+    assert fresh[0]["service"] == "web"
