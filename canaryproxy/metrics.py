@@ -17,19 +17,25 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from typing import cast
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
@@ -55,11 +61,8 @@ ServiceSpec = tuple[str, Sequence[tuple[str, str]]]
 
 @dataclass(frozen=True, slots=True)
 class _Families:
-    requests: Counter
-    duration: Histogram
     upstream_errors: Counter
     attempts: Counter
-    in_flight: Gauge
     canary_weight: Gauge
     canary_ejected: Gauge
     ejections: Counter
@@ -70,22 +73,9 @@ class _Families:
     reloads: Counter
 
 
-def _families(registry: CollectorRegistry, buckets: Sequence[float]) -> _Families:
+def _families(registry: CollectorRegistry) -> _Families:
     sp = ("service", "pool")
     return _Families(
-        requests=Counter(
-            "canaryproxy_requests_total",
-            "Responses sent to clients, by the pool that served them and status code.",
-            (*sp, "code"),
-            registry=registry,
-        ),
-        duration=Histogram(
-            "canaryproxy_request_duration_seconds",
-            "Time from request received to response complete.",
-            sp,
-            buckets=tuple(buckets),
-            registry=registry,
-        ),
         upstream_errors=Counter(
             "canaryproxy_upstream_errors_total",
             "Failed attempts at a backend, by kind (connect, timeout, reset, protocol).",
@@ -96,12 +86,6 @@ def _families(registry: CollectorRegistry, buckets: Sequence[float]) -> _Familie
             "canaryproxy_upstream_attempts_total",
             "Attempts at a backend, retries included: ok, retried (failed, sent again), failed.",
             (*sp, "outcome"),
-            registry=registry,
-        ),
-        in_flight=Gauge(
-            "canaryproxy_requests_in_flight",
-            "Requests being served, by pool.",
-            sp,
             registry=registry,
         ),
         canary_weight=Gauge(
@@ -161,32 +145,67 @@ def _status_label(code: int, low: int, high: int) -> str:
     return str(code)
 
 
+class Level:
+    """A gauge only the event loop thread moves: a plain number, read at scrape time."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
 class PoolMetrics:
-    """The request-path recorder of one (service, pool); built at startup, held by the engine."""
+    """The request-path recorder of one (service, pool); built at startup, held by the engine.
 
-    __slots__ = ("_attempts", "_codes", "_duration", "_errors", "_fam", "_key", "in_flight")
+    Responses, durations and in-flight requests — touched on every request — are plain
+    numbers that ``_RequestCollector`` turns into Prometheus families at scrape time: no lock
+    and no child lookup per request (prometheus-client's children take a lock per update).
+    """
 
-    def __init__(self, fam: _Families, service: str, pool: str) -> None:
+    __slots__ = (
+        "_attempts",
+        "_bounds",
+        "_errors",
+        "_fam",
+        "_key",
+        "buckets",
+        "codes",
+        "duration_sum",
+        "in_flight",
+    )
+
+    def __init__(self, fam: _Families, service: str, pool: str, bounds: Sequence[float]) -> None:
         self._fam = fam
         self._key = (service, pool)
-        self._codes: dict[int, Counter] = {}
-        self._duration = fam.duration.labels(service, pool)
+        self._bounds = tuple(bounds)
+        self.codes: dict[int, int] = {}
+        self.buckets = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self.duration_sum = 0.0
         self._errors = {
             k: fam.upstream_errors.labels(service, pool, k) for k in UPSTREAM_ERROR_KINDS
         }
         self._attempts = {o: fam.attempts.labels(service, pool, o) for o in ATTEMPT_OUTCOMES}
-        self.in_flight: Gauge = fam.in_flight.labels(service, pool)
+        self.in_flight = Level()
 
     def __repr__(self) -> str:
         return f"PoolMetrics(service={self._key[0]!r}, pool={self._key[1]!r})"
 
     def observe(self, code: int, duration: float) -> None:
         """One response sent to a client: its status code and its duration in seconds."""
-        counter = self._codes.get(code)
-        if counter is None:
-            counter = self._code_child(code)
-        counter.inc()
-        self._duration.observe(duration)
+        codes = self.codes
+        if code in codes:
+            codes[code] += 1
+        else:
+            _status_label(code, 100, 599)
+            codes[code] = 1
+        self.buckets[bisect_left(self._bounds, duration)] += 1  # le is inclusive
+        self.duration_sum += duration
 
     def upstream_error(self, kind: str) -> None:
         """One failed attempt at a backend of this pool (`kind` in UPSTREAM_ERROR_KINDS)."""
@@ -202,22 +221,49 @@ class PoolMetrics:
         except KeyError:
             raise ValueError(_unknown(outcome, ATTEMPT_OUTCOMES, "outcome")) from None
 
-    def _code_child(self, code: int) -> Counter:
-        child = self._fam.requests.labels(*self._key, _status_label(code, 100, 599))
-        self._codes[code] = child
-        return child
-
     def _remove(self) -> None:
-        """Drop this pool's series from the registry (its service or pool left the config)."""
+        """Drop this pool's registry series (its service or pool left the config)."""
         fam, key = self._fam, self._key
-        for code in self._codes:
-            fam.requests.remove(*key, str(code))
-        fam.duration.remove(*key)
-        fam.in_flight.remove(*key)
         for kind in self._errors:
             fam.upstream_errors.remove(*key, kind)
         for outcome in self._attempts:
             fam.attempts.remove(*key, outcome)
+
+
+class _RequestCollector(Collector):
+    """Scrape-time view of every pool's plain-number request metrics."""
+
+    def __init__(self, pools: dict[tuple[str, str], PoolMetrics], bounds: Sequence[float]) -> None:
+        self.pools = pools
+        go_float = cast(Callable[[float], str], floatToGoString)  # untyped upstream
+        self.les = [go_float(b) for b in bounds] + ["+Inf"]
+
+    def collect(self) -> Iterator[Metric]:
+        sp = ["service", "pool"]
+        requests = CounterMetricFamily(
+            "canaryproxy_requests",
+            "Responses sent to clients, by the pool that served them and status code.",
+            labels=[*sp, "code"],
+        )
+        duration = HistogramMetricFamily(
+            "canaryproxy_request_duration_seconds",
+            "Time from request received to response complete.",
+            labels=sp,
+        )
+        in_flight = GaugeMetricFamily(
+            "canaryproxy_requests_in_flight", "Requests being served, by pool.", labels=sp
+        )
+        for (service, pool), pm in list(self.pools.items()):
+            for code, count in sorted(pm.codes.items()):
+                requests.add_metric([service, pool, str(code)], count)
+            cumulative = list(accumulate(pm.buckets))
+            duration.add_metric(
+                [service, pool], list(zip(self.les, cumulative, strict=True)), pm.duration_sum
+            )
+            in_flight.add_metric([service, pool], pm.in_flight.value)
+        yield requests
+        yield duration
+        yield in_flight
 
 
 class _ServiceMetrics:
@@ -245,12 +291,14 @@ class Metrics:
         buckets: Sequence[float],
     ) -> None:
         self._registry = registry
-        self._fam = _families(registry, buckets)
+        self._fam = _families(registry)
+        self._bounds = tuple(buckets)
         self._services: dict[str, _ServiceMetrics] = {}
         self._pools: dict[tuple[str, str], PoolMetrics] = {}
         self._backends: dict[tuple[str, str, str], Gauge] = {}
         self._rejected: dict[int, Counter] = {}
         self._reloads = {r: self._fam.reloads.labels(r) for r in ("ok", "failed")}
+        registry.register(_RequestCollector(self._pools, self._bounds))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
@@ -271,7 +319,7 @@ class Metrics:
             if name not in self._services:
                 self._services[name] = _ServiceMetrics(self._fam, name)
         for key in wanted_pools - self._pools.keys():
-            self._pools[key] = PoolMetrics(self._fam, *key)
+            self._pools[key] = PoolMetrics(self._fam, *key, self._bounds)
         for bkey in wanted_backends - self._backends.keys():
             self._backends[bkey] = self._fam.backend_healthy.labels(*bkey)
             self._backends[bkey].set(1)
