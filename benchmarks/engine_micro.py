@@ -25,7 +25,8 @@ from canaryproxy.upstream import UpstreamConn
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 08:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
-    + b"a" * 100
+    + b"a"
+    * 100
 )
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 
@@ -142,9 +143,7 @@ def main() -> None:
     ]
     print(f"{'scenario':<48} {'µs/request':>10}  (best of {args.rounds} × {args.n:,})")
     for name, canary, access, cookie in scenarios:
-        best = min(
-            asyncio.run(run(canary, access, cookie, args.n)) for _ in range(args.rounds)
-        )
+        best = min(asyncio.run(run(canary, access, cookie, args.n)) for _ in range(args.rounds))
         print(f"{name:<48} {best:>10.2f}")
 
 
