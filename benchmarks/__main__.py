@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from benchmarks.proxy_bench import (
+    HOST,
     BenchError,
     Children,
     Sample,
@@ -93,20 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
 # --- running ---------------------------------------------------------------------------------
 
 
-def access_log_switch() -> dict[str, object] | None:
-    """The config fragment that turns canaryproxy's access log off, if the schema has one.
-
-    Looks for a boolean ``access_log`` key at the top of the config or one level down.
-    """
-    from canaryproxy.config_schema import Config
-
-    for name, spec in Config.model_fields.items():
-        if name == "access_log" and spec.annotation is bool:
-            return {"access_log": False}
-        sub = getattr(spec.annotation, "model_fields", {})
-        if "access_log" in sub and sub["access_log"].annotation is bool:
-            return {name: {"access_log": False}}
-    return None
+def access_log_switch() -> dict[str, object]:
+    """The config fragment that turns canaryproxy's access log off (``access_log: off``)."""
+    return {"access_log": "off"}
 
 
 def start_targets(children: Children, tools: Tools, tmp: Path, settings: Settings) -> list[Target]:
@@ -131,8 +121,11 @@ def canaryproxy_targets(
     children: Children, tools: Tools, tmp: Path, backend: tuple[int, int], settings: Settings
 ) -> list[Target]:
     variants: list[tuple[str, dict[str, object]]] = [("canaryproxy", {})]
-    if (off := access_log_switch()) is not None:
-        variants.append(("canaryproxy/log-off", off))
+    variants.append(("canaryproxy/log-off", access_log_switch()))
+    # The same service without a canary pool: no cookie to sign, no judge; the difference
+    # to the log-off row is what the canary machinery costs per request.
+    stable_only = {"web": {"stable": {"backends": [{"url": f"http://{HOST}:{backend[0]}"}]}}}
+    variants.append(("canaryproxy/stable-only", {**access_log_switch(), "services": stable_only}))
     targets = []
     for name, extra in variants:
         workdir = tmp / name.replace("/", "-")
@@ -168,7 +161,7 @@ def run_rounds(
                 )
                 samples.append(sample)
                 print(
-                    f"round {round_}/{settings.rounds}  -c{connections:<3} {target.name:<20}"
+                    f"round {round_}/{settings.rounds}  -c{connections:<3} {target.name:<23}"
                     f" {sample.wrk.rps:>10,.0f} req/s  p50 {sample.wrk.p50_ms:.3f} ms",
                     file=sys.stderr,
                     flush=True,
@@ -314,7 +307,7 @@ def render_header(settings: Settings, env: dict[str, str], rows: list[Row]) -> l
 
 def render_rows(rows: list[Row]) -> list[str]:
     lines = [
-        f"{'target':<20} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'target':<23} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'added p50':>10} {'CPU us/req':>11} {'busy':>5} {'other':>6} {'errors':>7}"
     ]
     direct = {r.connections: r.p50_ms for r in rows if r.target == "direct"}
@@ -325,7 +318,7 @@ def render_rows(rows: list[Row]) -> list[str]:
             else (r.p50_ms - direct[r.connections])
         )
         lines.append(
-            f"{r.target:<20} {r.connections:>5} {r.rps:>10,.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
+            f"{r.target:<23} {r.connections:>5} {r.rps:>10,.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
             f" {_num(added, '.3f'):>10} {_num(r.cpu_us_per_request, '.1f'):>11}"
             f" {_num(r.proxy_busy, '.2f'):>5} {r.others:>6.2f} {r.errors:>7}"
         )
@@ -334,12 +327,12 @@ def render_rows(rows: list[Row]) -> list[str]:
 
 def render_ratios(found: list[Ratios]) -> list[str]:
     lines = [
-        f"{'ratios':<20} {'conns':>5} {'req/s vs nginx':>15} {'vs direct':>10}"
+        f"{'ratios':<23} {'conns':>5} {'req/s vs nginx':>15} {'vs direct':>10}"
         f" {'added p50 vs nginx':>19} {'CPU vs nginx':>13}"
     ]
     for q in found:
         lines.append(
-            f"{q.target:<20} {q.connections:>5} {_num(q.rps_vs_nginx, '.2f'):>15}"
+            f"{q.target:<23} {q.connections:>5} {_num(q.rps_vs_nginx, '.2f'):>15}"
             f" {_num(q.rps_vs_direct, '.2f'):>10} {_num(q.added_p50_vs_nginx, '.2f'):>19}"
             f" {_num(q.cpu_vs_nginx, '.2f'):>13}"
         )
