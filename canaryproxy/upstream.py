@@ -204,21 +204,24 @@ class UpstreamConn(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
-        self._cancel_watch()
-        if not self.is_closed:
-            self.is_closed = True
-            self.pool.forget(self)
-            if self.transport is not None:
-                self.transport.close()
+        self._shut(abort=False)
 
     def abort(self) -> None:
+        """Cut the connection (RST-like): nothing more of this exchange may reach the backend."""
         self.exchange = None
+        self._shut(abort=True)
+
+    def _shut(self, *, abort: bool) -> None:
         self._cancel_watch()
-        if not self.is_closed:
-            self.is_closed = True
-            self.pool.forget(self)
-            if self.transport is not None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        self.pool.forget(self)
+        if self.transport is not None:
+            if abort:
                 self.transport.abort()
+            else:
+                self.transport.close()
 
     def _cancel_watch(self) -> None:
         if self._watch is not None:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
 import uvloop
+
+from tests.support import Backend
 
 
 def pytest_asyncio_loop_factories(
@@ -12,3 +14,18 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], Any]]:
     # Test what ships: the proxy runs on uvloop.
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    b = await Backend("stable").start()
+    yield b
+    await b.stop()
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[tuple[Backend, Backend]]:
+    stable, canary = await Backend("stable").start(), await Backend("canary").start()
+    yield stable, canary
+    await stable.stop()
+    await canary.stop()

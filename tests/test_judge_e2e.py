@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from canaryproxy.store import SqliteStateStore
 from tests.support import Backend, RunningProxy, make_config, service, start_proxy
 
 BUDGET = {"min_requests": 50, "window": "30s"}
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[tuple[Backend, Backend]]:
-    stable, canary = await Backend("stable").start(), await Backend("canary").start()
-    yield stable, canary
-    await stable.stop()
-    await canary.stop()
 
 
 def web(stable: Backend, canary: Backend, weight: float, **extra: Any) -> dict[str, Any]:

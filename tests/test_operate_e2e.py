@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from canaryproxy.store import MemoryStateStore
@@ -22,14 +20,6 @@ from tests.support import (
 )
 
 AUTH = {"Authorization": "Bearer test-token"}
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[tuple[Backend, Backend]]:
-    stable, canary = await Backend("stable").start(), await Backend("canary").start()
-    yield stable, canary
-    await stable.stop()
-    await canary.stop()
 
 
 async def scrape(proxy: RunningProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

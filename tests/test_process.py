@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +52,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         env={**os.environ, "CANARYPROXY_ADMIN_TOKEN": "t", "CANARYPROXY_COOKIE_SECRET": "s"},
     )
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    b = await Backend("stable").start()
-    yield b
-    await b.stop()
 
 
 async def start(path: Path) -> ProxyProcess:

@@ -23,13 +23,6 @@ from tests.support import (
 )
 
 
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    b = await Backend("stable").start()
-    yield b
-    await b.stop()
-
-
 def headers_of(seen: dict[str, Any]) -> dict[str, str]:
     return {k.lower(): v for k, v in seen["headers"]}
 

@@ -7,7 +7,6 @@ one the parser error maps to; each such case says so in its id and comment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,14 +20,6 @@ from tests.support import (
     start_proxy,
     status_of,
 )
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    b = await Backend("stable").start()
-    yield b
-    await b.stop()
-
 
 LIMITS = {"max_url_bytes": 1024, "max_header_bytes": 4096}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -23,14 +22,6 @@ from tests.support import (
 )
 
 COOKIE = "cp_pool"
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[tuple[Backend, Backend]]:
-    stable, canary = await Backend("stable").start(), await Backend("canary").start()
-    yield stable, canary
-    await stable.stop()
-    await canary.stop()
 
 
 def web(stable: Backend, canary: Backend | str, weight: float, **extra: Any) -> dict[str, Any]:
