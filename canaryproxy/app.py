@@ -73,7 +73,8 @@ class Proxy:
         if not config.sticky.secrets:
             log.warning("sticky.secrets not set: using a random secret; cookies end at restart")
         self.judges: dict[str, Judge] = {}
-        self.healths: dict[tuple[str, str, str], BackendHealth] = {}
+        # (service, pool, url) → (its health_check and outlier settings, its health)
+        self.healths: dict[tuple[str, str, str], tuple[tuple[object, object], BackendHealth]] = {}
         self.pools: dict[str, BackendPool] = {}
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))
@@ -123,28 +124,40 @@ class Proxy:
             )
         runtime = ServiceRuntime(sc, self.state.get(sc.name), codec, sticky.mode)
         for backend in runtime.all_backends():
-            key = (sc.name, backend.pool, backend.url)
-            health = self.healths.get(key)
-            if health is None:
-                hc = sc.health_check
-                od = sc.outlier_detection
-                health = BackendHealth(
-                    ActiveCheck(hc.rise, hc.fall) if hc else None,
-                    OutlierDetector(
-                        od.consecutive_failures, od.base_ejection_time, od.max_ejection_time
-                    ),
-                )
-                self.healths[key] = health
-            backend.health = health
+            backend.health = self._health(sc, (sc.name, backend.pool, backend.url))
             if backend.key not in self.pools:
                 self.pools[backend.key] = BackendPool(self.loop, backend.host, backend.port)
-        if sc.canary is not None and sc.name not in self.judges:
-            judge = Judge(BudgetParams.from_config(sc.error_budget), self.clocks.monotonic())
-            state = self.state.get(sc.name)
-            if state.is_ejected:
-                judge.mark_ejected(state.eject_rule or "manual", state.eject_reason or "")
-            self.judges[sc.name] = judge
+        if sc.canary is not None:
+            self._ensure_judge(sc)
+        else:
+            self.judges.pop(sc.name, None)
         return runtime
+
+    def _health(self, sc: ServiceConfig, key: tuple[str, str, str]) -> BackendHealth:
+        """A backend's health, kept across reloads unless its settings changed."""
+        settings = (sc.health_check, sc.outlier_detection)
+        known = self.healths.get(key)
+        if known is not None and known[0] == settings:
+            return known[1]
+        hc, od = settings
+        health = BackendHealth(
+            ActiveCheck(hc.rise, hc.fall) if hc else None,
+            OutlierDetector(od.consecutive_failures, od.base_ejection_time, od.max_ejection_time),
+        )
+        self.healths[key] = (settings, health)
+        return health
+
+    def _ensure_judge(self, sc: ServiceConfig) -> None:
+        """The service's judge; a new one (judging afresh) when its error budget changed."""
+        params = BudgetParams.from_config(sc.error_budget)
+        judge = self.judges.get(sc.name)
+        if judge is not None and judge.params == params:
+            return
+        judge = Judge(params, self.clocks.monotonic())
+        state = self.state.get(sc.name)
+        if state.is_ejected:
+            judge.mark_ejected(state.eject_rule or "manual", state.eject_reason or "")
+        self.judges[sc.name] = judge
 
     # running ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -213,6 +226,7 @@ class Proxy:
             log.error("config reload refused", extra={"errors": exc.errors})
             return False
         self.metrics.update_services(_metric_specs(config))
+        await self.state.flush()  # an ejection being persisted must not be read back stale
         self.state.load({name: s.canary_weight for name, s in config.services.items()})
         if self.owns_access_log:
             self._reopen_access_log(config.access_log)

@@ -282,7 +282,9 @@ class Exchange:
         assert self.route is not None
         out = [http11.status_line(status)]
         skip = (
-            HOP_BY_HOP | http11.tokens(self.resp_connection) if self.resp_connection else HOP_BY_HOP
+            HOP_BY_HOP | http11.named_hop_by_hop(self.resp_connection)
+            if self.resp_connection
+            else HOP_BY_HOP
         )
         has_length = has_te = False
         for name, value in self.resp_headers:
@@ -308,7 +310,8 @@ class Exchange:
             else:
                 self.resp_close = True
             self.resp_until_eof = not has_te
-        keep_alive = self.down.can_keep_alive(self.head) and not self.resp_close
+        # An upload still arriving cannot be read past: the connection closes after this.
+        keep_alive = self.down.can_keep_alive(self.head) and not self.resp_close and self.req_done
         if not keep_alive:
             self.resp_close = True
             out.append(b"Connection: close\r\n")
@@ -437,6 +440,9 @@ class Exchange:
     # websocket tunnel ----------------------------------------------------------------------
     def _start_tunnel(self) -> None:
         assert self.conn is not None
+        # Recorded once, now, as a 101 with the handshake's latency: a tunnel's lifetime is
+        # no request latency (it must not feed the histogram or the judge's p99).
+        self._record(101, False)
         self.is_tunnel = True
         self._write_upgrade_head()
         pending, self.tunnel_pending = self.tunnel_pending, []
@@ -446,7 +452,7 @@ class Exchange:
 
     def _write_upgrade_head(self) -> None:
         out = [http11.status_line(101)]
-        named = http11.tokens(self.resp_connection)
+        named = http11.named_hop_by_hop(self.resp_connection)
         for name, value in self.resp_headers:
             lname = name.lower()
             if not http11.is_hop_by_hop(lname, named):
@@ -489,32 +495,36 @@ class Exchange:
 
     def _finish(self, status: int, *, keep_alive: bool, aborted: bool = False) -> None:
         self.is_done = True
+        try:
+            if not self.is_tunnel:  # a tunnel was recorded when it opened
+                self._record(status, aborted)
+        finally:  # the connection must move on whatever accounting did
+            self.down.exchange_finished(self, keep_alive)
+
+    def _record(self, status: int, aborted: bool) -> None:
         duration = time.monotonic() - self.head.started
         self.ctx.record(self, status, duration, aborted)
-        self.down.exchange_finished(self, keep_alive)
 
     def client_failed(self, status: int, reason: str) -> None:
         """The request body will not complete (the client stalled or broke its framing):
         answer ``status``; a partly sent request is cut off upstream, never completed."""
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
-        self._drop_conn()
+        self._drop_conn()  # a connect in flight closes what it opens once it sees is_done
         self.respond_locally(status, reason)
 
     def client_lost(self) -> None:
         """The client went away before the answer was complete: 499, charged to no pool."""
+        if self.is_tunnel:  # the normal end of a tunnel, from the client's side
+            self.is_done = True
+            self._drop_conn()
+            return
         if self.is_done:
-            if self.is_tunnel and self.conn is not None:
-                self.conn.abort()
             return
         self.is_done = True
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        # A connect in flight is not cancelled: a cancel landing after the socket opened
+        # would leak it. The task sees is_done and closes what it opened.
         self._drop_conn()
         self.status = 499
-        duration = time.monotonic() - self.head.started
-        self.ctx.record(self, 499, duration, True)
+        self._record(499, True)
 
 
 def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:

@@ -67,13 +67,24 @@ class BadRequest(Exception):
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
-    """Lower-cased tokens of every ``Connection`` header (they name more hop-by-hop headers)."""
-    return tokens(value for name, value in headers if name.lower() == b"connection")
+    """Headers named by every ``Connection`` header: hop-by-hop too (framing excepted)."""
+    return named_hop_by_hop(value for name, value in headers if name.lower() == b"connection")
+
+
+# A Connection header may not make the proxy drop what frames or routes the message:
+# removing Content-Length while forwarding the body would let that body be read upstream
+# as another request (request smuggling).
+UNDROPPABLE = frozenset({b"content-length", b"host"})
 
 
 def tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """Lower-cased tokens of comma-separated header values (e.g. every ``Connection``)."""
     return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def named_hop_by_hop(connection_values: Iterable[bytes]) -> frozenset[bytes]:
+    """Headers a message's ``Connection`` fields make hop-by-hop, framing headers excepted."""
+    return tokens(connection_values) - UNDROPPABLE
 
 
 def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:

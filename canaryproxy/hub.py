@@ -17,12 +17,13 @@ Accounting rules (SPEC.md "Metrics" and "Error budget"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import TYPE_CHECKING
 
-from canaryproxy.metrics import UPSTREAM_ERROR_KINDS, Metrics
+from canaryproxy.metrics import UPSTREAM_ERROR_KINDS, Metrics, PoolMetrics
 
 if TYPE_CHECKING:
     from canaryproxy.accesslog import AccessLog
@@ -50,10 +51,19 @@ class Hub:
         self.monotonic = monotonic
         self.fallbacks: dict[tuple[str, str], int] = {}
 
+    def _pool(self, service: str, pool: PoolName) -> PoolMetrics | None:
+        """A pool's recorder; None when a reload removed it while requests were in flight."""
+        try:
+            return self.metrics.pool(service, pool)
+        except KeyError:
+            return None
+
     # Observer (director) ---------------------------------------------------------------------
     def attempt_failed(self, service: str, pool: PoolName, kind: str) -> None:
         if kind in UPSTREAM_ERROR_KINDS:
-            self.metrics.pool(service, pool).upstream_error(kind)
+            pm = self._pool(service, pool)
+            if pm is not None:
+                pm.upstream_error(kind)
         self._judge(service, pool, True, 0.0)
 
     def upstream_answered(self, service: str, pool: PoolName, status: int) -> None:
@@ -65,7 +75,9 @@ class Hub:
 
     # Recorder (engine) -----------------------------------------------------------------------
     def request_started(self, route: Route) -> None:
-        self.metrics.pool(route.service.name, route.decided).in_flight.inc()
+        pm = self._pool(route.service.name, route.decided)
+        if pm is not None:
+            pm.in_flight.inc()
 
     def request_done(self, exchange: Exchange, status: int, duration: float, aborted: bool) -> None:
         route = exchange.route
@@ -85,13 +97,18 @@ class Hub:
         self, exchange: Exchange, route: Route, status: int, duration: float, aborted: bool
     ) -> None:
         name = route.service.name
-        self.metrics.pool(name, route.decided).in_flight.dec()
+        started = self._pool(name, route.decided)
+        if started is not None:
+            started.in_flight.dec()
         if status == 499:
-            self.metrics.client_abort(name)
+            with contextlib.suppress(KeyError):  # the service left the config meanwhile
+                self.metrics.client_abort(name)
             return
         self._count_attempts(exchange, route, status)
         pool = route.decided if status == 503 and exchange.is_local else route.served
-        self.metrics.pool(name, pool).observe(status, duration)
+        served = self._pool(name, pool)
+        if served is not None:
+            served.observe(status, duration)
         if exchange.is_local:
             if status == 503:
                 self._judge(name, pool, True, duration)
@@ -102,11 +119,15 @@ class Hub:
         """Every backend tried: all but the last failed and were retried elsewhere."""
         tried = route.tried
         for backend in tried[:-1]:
-            self.metrics.pool(route.service.name, backend.pool).attempt("retried")
+            retried = self._pool(route.service.name, backend.pool)
+            if retried is not None:
+                retried.attempt("retried")
         if tried:
             answered = exchange.resp_started and not exchange.is_local
             outcome = "ok" if answered else "failed"
-            self.metrics.pool(route.service.name, tried[-1].pool).attempt(outcome)
+            last = self._pool(route.service.name, tried[-1].pool)
+            if last is not None:
+                last.attempt(outcome)
 
     # the judge -------------------------------------------------------------------------------
     def _judge(self, service: str, pool: PoolName, is_error: bool, latency: float) -> None:

@@ -231,6 +231,10 @@ class Downstream(asyncio.Protocol):
         self.parsing = exchange
         if head.upgrade is not None:
             self.upgrading = exchange
+            # Nothing more is read until the backend accepts (101) or refuses the upgrade:
+            # what the client sends early must not pile up unbounded.
+            self._pipeline_paused = True
+            self._update_reading()
         if head.body_kind:
             self._arm(self.loop.time() + self.limits.body_timeout)
         if self.current is None:
@@ -303,7 +307,7 @@ class Downstream(asyncio.Protocol):
             elif lname == b"connection":
                 connection.append(value)
         if connection:
-            head.connection = http11.tokens(connection)
+            head.connection = http11.named_hop_by_hop(connection)
         if len(hosts) > 1:
             self._fail(400, "duplicate Host header")
         if hosts and not http11.is_valid_host(hosts[0]):
@@ -326,6 +330,10 @@ class Downstream(asyncio.Protocol):
             if int(content_length) > 0:
                 head.body_kind = LENGTH_BODY
         if upgrade is not None and self.parser.should_upgrade():
+            if head.body_kind:
+                # llhttp ends an upgrade request at its head: a body would be forwarded as
+                # tunnel bytes the backend never asked for (and the request never ends).
+                self._fail(400, "an Upgrade request must not carry a body")
             head.upgrade = upgrade
         if not head.request_id:
             # A random 128-bit id without a syscall per request (os.urandom is one).
@@ -410,6 +418,7 @@ class Downstream(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
+        self._body_paused = False  # backpressure from that exchange's upstream is over
         if exchange.is_tunnel or not keep_alive or self.is_closing:
             self._close()
             return

@@ -82,21 +82,32 @@ class RuntimeState:
         self.load(initial_weights)
 
     def load(self, initial_weights: Mapping[str, float]) -> None:
-        """(Re)build the service table from the store, keeping objects that already exist."""
+        """(Re)build the service table from the config's weights and the store.
+
+        A service seen for the first time takes its persisted record when there is one. On
+        a reload, a service already running keeps its runtime state; only one whose weight
+        still comes from the config (no operator change) takes the file's new weight.
+        """
         records = self.store.load()
         services: dict[str, ServiceState] = {}
         for name, weight in initial_weights.items():
-            state = self.services.get(name) or ServiceState(name=name, canary_weight=weight)
-            record = records.get(name)
-            if record is not None:
-                state.apply(record)
-                state.weight_source = "state"
-                if record.canary_weight != weight and name not in self.services:
-                    log.info(
-                        "state file overrides config weight",
-                        extra={"service": name, "config": weight, "state": record.canary_weight},
-                    )
-            elif name not in self.services:
+            state = self.services.get(name)
+            if state is None:
+                state = ServiceState(name=name, canary_weight=weight)
+                record = records.get(name)
+                if record is not None:
+                    state.apply(record)
+                    state.weight_source = "state"
+                    if record.canary_weight != weight:
+                        log.info(
+                            "state file overrides config weight",
+                            extra={
+                                "service": name,
+                                "config": weight,
+                                "state": record.canary_weight,
+                            },
+                        )
+            elif state.weight_source == "config":
                 state.canary_weight = weight
             services[name] = state
         self.services = services
@@ -186,7 +197,12 @@ class RuntimeState:
         self, state: ServiceState, new: ServiceRecord, who: str, action: str, old: str, to: str
     ) -> None:
         audit = self._audit(who, state.name, action, old, to)
+        before = state.record()
         await asyncio.to_thread(self.store.save, state.name, new, audit)
+        if state.record() != before:
+            # An automatic ejection landed while this was being saved; its own commit is
+            # queued behind ours, so the store ends as memory is: ejected. Apply nothing.
+            raise Conflict("the canary was ejected while this change was being saved")
         state.apply(new)
         state.weight_source = "state"
         log.info(

@@ -165,10 +165,11 @@ class UpstreamConn(asyncio.Protocol):
         A reusable one goes back to the pool when the current ``data_received`` ends.
         """
         self.exchange = None
-        if reusable:
+        transport = self.transport
+        if reusable and transport is not None and transport.get_write_buffer_size() == 0:
             self.is_released = True
         else:
-            self.close()
+            self.close()  # request bytes still unsent: never reuse a half-written connection
 
     def reset_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)

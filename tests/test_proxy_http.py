@@ -266,3 +266,18 @@ async def test_no_matching_service_is_404() -> None:
         await backend.stop()
     assert status_of(response) == 404
     assert backend.seen == []
+
+
+async def test_a_websocket_is_accounted_once_as_101(backend: Backend) -> None:
+    config = make_config({"web": service([backend.url])})
+    async with start_proxy(config) as proxy, aiohttp.ClientSession() as session:
+        async with session.ws_connect(proxy.url + "/ws") as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive_str()) == "echo:hi"
+            await asyncio.sleep(0.3)  # a tunnel's lifetime is not request latency
+        await asyncio.sleep(0.7)  # let the access log flush
+        pool = proxy.proxy.metrics.pool("web", "stable")
+        assert pool.codes == {101: 1}
+        assert pool.in_flight.value == 0
+        assert pool.buckets[-1] == 0  # handshake latency, well under the top bucket
+    assert [entry["status"] for entry in proxy.access] == [101]

@@ -412,3 +412,30 @@ async def test_endless_head_is_cut_at_the_limit(backend: Backend) -> None:
     assert closed
     assert status_of(response) == 431
     assert backend.seen == []
+
+
+async def test_connection_cannot_strip_content_length(backend: Backend) -> None:
+    # "Connection: content-length" must not make the body reach the backend unframed
+    # (where it would be read as a second, smuggled request).
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    request = (
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close, content-length\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(smuggled), smuggled)
+    )
+    config = make_config({"web": service([backend.url])})
+    async with start_proxy(config) as proxy:
+        response = await raw_request(proxy.port, request)
+    assert status_of(response) == 200
+    assert [seen["path"] for seen in backend.seen] == ["/upload"]
+
+
+async def test_upgrade_request_with_a_body_is_refused(backend: Backend) -> None:
+    request = (
+        b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    config = make_config({"web": service([backend.url])})
+    async with start_proxy(config) as proxy:
+        response = await raw_request(proxy.port, request)
+    assert status_of(response) == 400
+    assert backend.seen == []

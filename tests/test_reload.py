@@ -1,0 +1,110 @@
+"""SIGHUP reloads in process: what changes, what stays, and requests in flight across it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from canaryproxy.accesslog import AccessLog
+from canaryproxy.app import Proxy
+from canaryproxy.config import load_config
+from canaryproxy.store import MemoryStateStore
+from tests.support import LOCAL, Backend
+
+
+def write(path: Path, stable: Backend, canary: Backend | None, **service: Any) -> None:
+    web: dict[str, Any] = {"stable": {"backends": [{"url": stable.url}]}, **service}
+    if canary is not None:
+        web["canary"] = {"backends": [{"url": canary.url}]}
+    config = {
+        "listen": f"{LOCAL}:0",
+        "admin": {"listen": f"{LOCAL}:0", "token": "t"},
+        "sticky": {"secrets": ["s"]},
+        "services": {"web": web},
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+async def started(path: Path) -> Proxy:
+    proxy = Proxy(
+        load_config(path),
+        config_path=str(path),
+        store=MemoryStateStore(),
+        access_log=AccessLog(None),
+    )
+    await proxy.start()
+    return proxy
+
+
+async def test_removing_the_canary_while_a_request_is_in_flight(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    path = tmp_path / "c.yaml"
+    write(path, stable, canary, canary_weight=100)
+    proxy = await started(path)
+    try:
+        url = f"http://{LOCAL}:{proxy.proxy_address[1]}"
+        async with aiohttp.ClientSession() as session:
+            slow = asyncio.ensure_future(session.get(url + "/sleep/0.5"))
+            await asyncio.sleep(0.2)
+            write(path, stable, None)
+            assert await proxy.reload()
+            resp = await slow
+            assert resp.status == 200
+            resp.release()
+            # the same client connection goes on working, now on stable only
+            async with session.get(url + "/after") as resp:
+                assert (await resp.json())["backend"] == "stable"
+    finally:
+        await proxy.stop()
+
+
+async def test_reload_applies_config_weight_unless_an_operator_set_one(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    path = tmp_path / "c.yaml"
+    write(path, stable, canary, canary_weight=5)
+    proxy = await started(path)
+    try:
+        write(path, stable, canary, canary_weight=50)
+        assert await proxy.reload()
+        assert proxy.state.get("web").canary_weight == 50  # no runtime change: the file wins
+        await proxy.state.set_weight("web", 20, "test")
+        write(path, stable, canary, canary_weight=70)
+        assert await proxy.reload()
+        assert proxy.state.get("web").canary_weight == 20  # the operator's change stays
+    finally:
+        await proxy.stop()
+
+
+async def test_reload_applies_new_error_budget_and_health_settings(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    path = tmp_path / "c.yaml"
+    write(path, stable, canary, canary_weight=5)
+    proxy = await started(path)
+    try:
+        write(
+            path,
+            stable,
+            canary,
+            canary_weight=5,
+            error_budget={"min_requests": 7},
+            outlier_detection={"consecutive_failures": 2},
+        )
+        assert await proxy.reload()
+        assert proxy.judges["web"].params.min_requests == 7
+        backend = proxy.director.services["web"].stable.backends[0]
+        assert backend.health is not None
+        settings, health = proxy.healths[("web", "stable", stable.url)]
+        assert health is backend.health
+        assert settings[1].consecutive_failures == 2  # type: ignore[attr-defined]
+    finally:
+        await proxy.stop()
