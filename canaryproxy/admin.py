@@ -8,12 +8,13 @@ Rules this module keeps:
   default. Authentication runs before routing, so a caller without the token learns nothing
   about which /admin routes exist (404 vs 405). /healthz and /metrics need no token.
   GET /admin/openapi.json is an /admin route like the others, so it needs the token too.
-- Bodies are JSON objects with only the keys a route knows, at most 64 KiB (413 above),
+- Bodies are JSON objects with only the keys a route knows, at most 64 KiB (400 above),
   Content-Type application/json (415 otherwise), strict JSON: NaN/Infinity and duplicate keys
   are refused (Python's json accepts both). Weights go through the config's own parser, so the
   file and the API accept exactly the same numbers. A request that fails any of this never
   reaches the controller: nothing changes and nothing is audited.
-- Every error is JSON `{"error": "…"}`, including aiohttp's own 404/405/413.
+- Every error is JSON `{"error": "…"}`, including aiohttp's own 404/405 (and its 413, sent as
+  400).
 - The admin API decides nothing about canaries: the controller (the engine's runtime state)
   changes, persists and audits; this module parses, authenticates and maps outcomes to status
   codes (unknown service 404, Conflict 409).
@@ -36,7 +37,7 @@ from canaryproxy.openapi import MAX_REASON_CHARS, openapi_document
 from canaryproxy.state import Conflict
 from canaryproxy.store import StateError
 
-__all__ = ["MAX_BODY_BYTES", "AdminController", "Conflict", "build_admin_app"]
+__all__ = ["MAX_BODY_BYTES", "AdminController", "Conflict", "build_admin_app", "set_token"]
 
 log = logging.getLogger("canaryproxy.admin")
 
@@ -61,11 +62,11 @@ class AdminController(Protocol):
     async def restore(self, name: str, weight: float | None, who: str) -> State: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Settings:
     controller: AdminController
     metrics: Metrics
-    token: bytes | None
+    token: bytes | None  # replaced in place by set_token (SIGHUP); the app itself is frozen
 
 
 _SETTINGS = web.AppKey("settings", _Settings)
@@ -87,7 +88,8 @@ def build_admin_app(
     """The admin application; serve it on `admin.listen` with an AppRunner."""
     app = web.Application(
         middlewares=[_json_errors, _require_token],
-        # aiohttp enforces this on chunked bodies too (413); Content-Length is checked earlier.
+        # aiohttp enforces this on chunked bodies too (its 413 becomes our 400); Content-Length
+        # is checked earlier.
         client_max_size=MAX_BODY_BYTES,
     )
     app[_SETTINGS] = _Settings(controller, metrics, token.encode() if token else None)
@@ -102,6 +104,11 @@ def build_admin_app(
     return app
 
 
+def set_token(app: web.Application, token: str | None) -> None:
+    """Swap the bearer token of a running admin app (config reload)."""
+    app[_SETTINGS].token = token.encode() if token else None
+
+
 # --- middlewares -------------------------------------------------------------------------------
 
 
@@ -114,7 +121,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error_response(exc.status, _describe(exc, request), _keep_headers(exc))
+        # An oversized body is a bad request like any other body we refuse (issue 4: 400).
+        status = 400 if isinstance(exc, web.HTTPRequestEntityTooLarge) else exc.status
+        return _error_response(status, _describe(exc, request), _keep_headers(exc))
     except StateError as exc:
         log.error("admin change not persisted: %s", exc)
         return _error_response(500, f"the change was not made: {exc}")
@@ -270,7 +279,7 @@ async def _read_object(request: web.Request, allowed: Sequence[str]) -> dict[str
     """The body as a JSON object with only `allowed` keys; None when there is no body."""
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
-        raise _ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        raise _ApiError(400, f"the body is larger than {MAX_BODY_BYTES} bytes")
     if request.body_exists and request.content_type != "application/json":
         raise _ApiError(415, f"the body must be application/json, not {request.content_type}")
     raw = await request.read()

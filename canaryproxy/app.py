@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from canaryproxy.accesslog import AccessLog
-from canaryproxy.admin import build_admin_app
+from canaryproxy.admin import build_admin_app, set_token
 from canaryproxy.budget import BudgetParams, Judge
 from canaryproxy.config import Config, ConfigError, ServiceConfig, load_config
 from canaryproxy.controller import Controller
@@ -231,6 +231,10 @@ class Proxy:
         if self.owns_access_log:
             self._reopen_access_log(config.access_log)
         self.config = config
+        if config.sticky.secrets:  # rotation by SIGHUP: new cookies signed with the new first
+            self.secrets = config.sticky.secrets
+        if self.admin_runner is not None:
+            set_token(self.admin_runner.app, config.admin.token)
         self.director = self._build_director(config)
         self.ctx.director = self.director
         self.ctx.limits = config.limits

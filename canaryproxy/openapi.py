@@ -46,10 +46,9 @@ _METHOD_NOT_ALLOWED = {
 def _admin_responses(ok: Schema, *extra: str) -> Schema:
     """Responses every /admin route can give, plus the ones named in `extra`."""
     possible = {
-        "400": _error("The body is not what this route accepts."),
+        "400": _error("The body is not what this route accepts (or is larger than 64 KiB)."),
         "404": _error("No service by that name."),
         "409": _error("Not possible in the service's current state (e.g. ejected)."),
-        "413": _error("The body is larger than 64 KiB."),
         "415": _error("The body is not application/json."),
     }
     responses: Schema = {
@@ -85,7 +84,6 @@ def _write(summary: str, body: str, body_required: bool) -> Schema:
             "400",
             "404",
             "409",
-            "413",
             "415",
         ),
     }

@@ -12,6 +12,7 @@ import yaml
 from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Proxy
 from canaryproxy.config import load_config
+from canaryproxy.sticky import CookieCodec
 from canaryproxy.store import MemoryStateStore
 from tests.support import LOCAL, Backend
 
@@ -106,5 +107,37 @@ async def test_reload_applies_new_error_budget_and_health_settings(
         settings, health = proxy.healths[("web", "stable", stable.url)]
         assert health is backend.health
         assert settings[1].consecutive_failures == 2  # type: ignore[attr-defined]
+    finally:
+        await proxy.stop()
+
+
+async def test_reload_rotates_the_admin_token_and_cookie_secrets(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    path = tmp_path / "c.yaml"
+    write(path, stable, canary, canary_weight=50)
+    proxy = await started(path)
+    try:
+        admin = f"http://{LOCAL}:{proxy.admin_address[1]}/admin/services"
+        config = yaml.safe_load(path.read_text())
+        config["admin"]["token"] = "new-token"
+        config["sticky"]["secrets"] = ["new-secret", "s"]
+        path.write_text(yaml.safe_dump(config))
+        assert await proxy.reload()
+        async with aiohttp.ClientSession() as session:
+            for token, status in (("t", 401), ("new-token", 200)):
+                auth = {"Authorization": f"Bearer {token}"}
+                async with session.get(admin, headers=auth) as resp:
+                    assert resp.status == status
+        codec = proxy.director.services["web"].codec
+        assert codec is not None
+        before = CookieCodec(
+            name="cp_pool", secrets=["s"], max_age=3600, secure=False, same_site="Lax", salt="web"
+        )
+        decoded = codec.decode(before.encode("canary", 10, 0, 1e9), 1e9)
+        assert decoded is not None
+        assert decoded.needs_resign  # still valid, re-signed with "new-secret" from now on
+        assert codec.decode(codec.encode("canary", 10, 0, 1e9), 1e9) is not None
     finally:
         await proxy.stop()
