@@ -7,7 +7,8 @@ Rules:
 - An operator's change is committed to the store before it takes effect and before the
   admin response is sent; if the commit fails nothing changes.
 - An automatic ejection takes effect at once (the next request must not reach the canary)
-  and is committed right after; shutdown waits for pending commits.
+  and is committed synchronously right after (retried in the background if that fails;
+  shutdown waits for such retries).
 - An ejection bumps the epoch, so every canary cookie stops counting.
 - Changes are serialised by one lock, so the store sees them in the order they happened.
 """
@@ -157,16 +158,26 @@ class RuntimeState:
 
     # automatic ejection: applied at once, persisted right after ------------------------------
     def eject_now(self, name: str, rule: str, reason: str) -> bool:
-        """Eject from the request path; False if it already was.  Persists in the background."""
+        """Eject from the request path; False if it already was.
+
+        Applied at once, then committed right here, synchronously: an ejection is rare, and
+        a few milliseconds of a blocked loop buy that a crash a moment later cannot bring
+        the canary back. If the commit fails it is retried in the background.
+        """
         state = self.services[name]
         if state.is_ejected:
             return False
         old_weight = state.canary_weight
         state.apply(self._ejected_record(state, rule, reason))
         audit = self._audit("canaryproxy", name, f"eject:{rule}", _fmt(old_weight), reason)
-        task = asyncio.get_running_loop().create_task(self._persist(name, state.record(), audit))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        record = state.record()
+        try:
+            self.store.save(name, record, audit)
+        except Exception:
+            log.exception("could not persist ejection; retrying", extra={"service": name})
+            task = asyncio.get_running_loop().create_task(self._persist(name, record, audit))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
         return True
 
     async def _persist(self, name: str, record: ServiceRecord, audit: AuditEntry) -> None:

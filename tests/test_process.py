@@ -250,3 +250,77 @@ async def test_access_log_to_a_file_is_reopened_on_sighup(tmp_path: Path, backen
     assert [e["path"] for e in fresh] == ["/second"]
     assert fresh[0]["status"] == 200
     assert fresh[0]["service"] == "web"
+
+
+def judge_config(tmp: Path, stable: Backend, canary: Backend) -> Path:
+    path = write_config(tmp, stable, canary_weight=20, error_budget={"min_requests": 50})
+    config = yaml.safe_load(path.read_text())
+    config["services"]["web"]["canary"]["backends"] = [{"url": canary.url}]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def drive(port: int, requests: int, users: int = 40) -> list[str]:
+    """Requests from cookie-keeping users; the backend name (or status) of each answer."""
+    jars = [aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(users)]
+    names = []
+    try:
+        for i in range(requests):
+            async with jars[i % users].get(f"http://{LOCAL}:{port}/") as resp:
+                body = await resp.json() if resp.status == 200 else {"backend": resp.status}
+                names.append(str(body["backend"]))
+    finally:
+        for jar in jars:
+            await jar.close()
+    return names
+
+
+async def test_a_failing_canary_is_ejected_and_stays_ejected_after_kill_9(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    canary.fail_rate_every = 5  # 20 % of canary requests fail
+    path = judge_config(tmp_path, stable, canary)
+    proc = await start(path)
+    try:
+        for _ in range(20):
+            await drive(proc.proxy_port, 100)
+            if (await state_of(proc))["ejected"]:
+                break
+        state = await state_of(proc)
+        assert state["ejected"] is True
+        assert state["eject_rule"] in ("comparative", "backstop")
+        await stop(proc, signal.SIGKILL)  # no drain, no flush: the ejection was committed
+    finally:
+        proc.kill()
+    again = await start(path)
+    try:
+        state = await state_of(again)
+        assert (state["ejected"], state["verdict"], state["canary_weight"]) == (True, "ejected", 0)
+        before = canary.count
+        assert set(await drive(again.proxy_port, 200)) == {"stable"}
+        assert canary.count == before
+        url = f"http://{LOCAL}:{again.admin_port}/admin/services/web/restore"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json={"canary": 50}, headers=AUTH) as resp:
+                assert resp.status == 200
+        canary.fail_rate_every = 0
+        names = await drive(again.proxy_port, 200, users=200)
+        assert 0.3 < names.count("canary") / len(names) < 0.7
+    finally:
+        assert await stop(again) == 0
+
+
+async def test_a_healthy_canary_beside_a_failing_stable_is_not_ejected(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    stable.fail_rate_every = 3  # stable fails a third of its requests: a shared problem
+    proc = await start(judge_config(tmp_path, stable, canary))
+    try:
+        await drive(proc.proxy_port, 1000)
+        state = await state_of(proc)
+    finally:
+        assert await stop(proc) == 0
+    assert state["ejected"] is False
+    assert state["verdict"] == "shared_degradation"
