@@ -436,6 +436,29 @@ def test_dashboard_query_uses_exposed_metrics(where: str, expr: str, exposed: Ex
     assert problems_in(expr, exposed) == []
 
 
+# The metric names of SPEC.md's "Metrics" table: the dashboard uses these and no others.
+SPEC_METRICS = {
+    "canaryproxy_requests_total",
+    "canaryproxy_request_duration_seconds",
+    "canaryproxy_upstream_errors_total",
+    "canaryproxy_canary_weight",
+    "canaryproxy_canary_ejected",
+    "canaryproxy_ejections_total",
+    "canaryproxy_verdict",
+    "canaryproxy_backend_healthy",
+    "canaryproxy_requests_in_flight",
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "expr"), dashboard_queries(), ids=[w for w, _ in dashboard_queries()]
+)
+def test_dashboard_query_uses_only_spec_metric_names(where: str, expr: str) -> None:
+    for selector in parse_promql(grafana_to_promql(expr, set())):
+        family = re.sub(r"_(bucket|sum|count)$", "", selector.metric)
+        assert selector.metric in SPEC_METRICS or family in SPEC_METRICS, selector.metric
+
+
 def test_problems_in_catches_wrong_names_labels_and_values(exposed: Exposed) -> None:
     assert problems_in('canaryproxy_requests{pool="canary"}', exposed) == [
         "canaryproxy_requests is not exposed"
