@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import os
@@ -15,8 +16,10 @@ import pytest
 from tests.support import (
     LOCAL,
     Backend,
+    RawBackend,
     make_config,
     raw_request,
+    read_head,
     service,
     start_proxy,
     status_of,
@@ -281,3 +284,33 @@ async def test_a_websocket_is_accounted_once_as_101(backend: Backend) -> None:
         assert pool.in_flight.value == 0
         assert pool.buckets[-1] == 0  # handshake latency, well under the top bucket
     assert [entry["status"] for entry in proxy.access] == [101]
+
+
+async def test_bodies_and_content_encoding_pass_untouched() -> None:
+    gzipped = gzip.compress(b"hello " * 100)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        seen.append(head)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(gzipped), gzipped)
+        )
+        await writer.drain()
+
+    seen: list[bytes] = []
+    raw = await RawBackend(answer).start()
+    config = make_config({"web": service([raw.url])})
+    try:
+        async with start_proxy(config) as proxy:
+            response = await raw_request(
+                proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            )
+    finally:
+        await raw.stop()
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert b"Content-Encoding: gzip" in head
+    assert body == gzipped  # not decompressed
+    upstream = seen[0].lower()
+    assert b"user-agent" not in upstream  # nothing the client did not send
+    assert b"accept-encoding" not in upstream

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from canaryproxy.app import Clocks
 from canaryproxy.routing import bucket_for_key, service_salt
 from tests.support import (
     Backend,
@@ -251,3 +252,22 @@ async def test_canary_without_a_backend_serves_pinned_users_from_stable(
     async with start_proxy(config) as proxy, user() as client:
         for _ in range(5):
             assert (await get(client, proxy))[0] == "stable"
+
+
+async def test_expired_and_future_dated_cookies_are_replaced(
+    pools: tuple[Backend, Backend],
+) -> None:
+    now = [1_800_000_000.0]
+    clocks = Clocks(wall=lambda: now[0])
+    config = make_config(web(*pools, 50), sticky={"max_age": "1h"})
+    async with start_proxy(config, clocks=clocks) as proxy, cookieless() as s:
+        _, cookie = await get(s, proxy)
+        assert cookie is not None
+        now[0] += 1800  # within max_age: kept, not re-set
+        assert (await get(s, proxy, {"Cookie": f"{COOKIE}={cookie}"}))[1] is None
+        now[0] += 1801  # older than max_age: ignored and replaced
+        assert (await get(s, proxy, {"Cookie": f"{COOKIE}={cookie}"}))[1] is not None
+        codec = proxy.proxy.director.services["web"].codec
+        assert codec is not None
+        future = codec.encode("stable", 1, 0, now[0] + 3600)  # issued an hour from now
+        assert (await get(s, proxy, {"Cookie": f"{COOKIE}={future}"}))[1] is not None
