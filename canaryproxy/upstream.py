@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from canaryproxy.exchange import Exchange
 
 IDLE_TIMEOUT = 4.0
+log = logging.getLogger("canaryproxy.upstream")
 MAX_IDLE_PER_BACKEND = 128
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -94,7 +96,10 @@ class UpstreamConn(asyncio.Protocol):
             if exchange.is_tunnel and len(data) > upgrade.args[0]:
                 exchange.tunnel_from_upstream(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            if self.exchange is exchange:
+            if not exchange.is_done:  # garbage from the backend (or a fault of ours mid-way)
+                if exc.__context__ is not None and not isinstance(exc.__context__, ValueError):
+                    log.error("response handling failed", exc_info=exc.__context__)
+                self.close()
                 exchange.upstream_failed("protocol", f"bad upstream response: {exc}")
             else:
                 self.close()  # bytes beyond the response the exchange released us after
