@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +32,16 @@ def write(path: Path, stable: Backend, canary: Backend | None, **service: Any) -
     path.write_text(yaml.safe_dump(config))
 
 
-async def started(path: Path) -> Proxy:
-    proxy = Proxy(
-        load_config(path),
-        config_path=str(path),
-        store=MemoryStateStore(),
-        access_log=AccessLog(None),
-    )
+@asynccontextmanager
+async def running(path: Path) -> AsyncIterator[Proxy]:
+    """A proxy started from the config file at ``path`` (so that ``reload`` reads it)."""
+    store, log = MemoryStateStore(), AccessLog(None)
+    proxy = Proxy(load_config(path), config_path=str(path), store=store, access_log=log)
     await proxy.start()
-    return proxy
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
 
 
 async def test_removing_the_canary_while_a_request_is_in_flight(
@@ -47,8 +50,7 @@ async def test_removing_the_canary_while_a_request_is_in_flight(
     stable, canary = pools
     path = tmp_path / "c.yaml"
     write(path, stable, canary, canary_weight=100)
-    proxy = await started(path)
-    try:
+    async with running(path) as proxy:
         url = f"http://{LOCAL}:{proxy.proxy_address[1]}"
         async with aiohttp.ClientSession() as session:
             slow = asyncio.ensure_future(session.get(url + "/sleep/0.5"))
@@ -61,8 +63,6 @@ async def test_removing_the_canary_while_a_request_is_in_flight(
             # the same client connection goes on working, now on stable only
             async with session.get(url + "/after") as resp:
                 assert (await resp.json())["backend"] == "stable"
-    finally:
-        await proxy.stop()
 
 
 async def test_reload_applies_config_weight_unless_an_operator_set_one(
@@ -71,8 +71,7 @@ async def test_reload_applies_config_weight_unless_an_operator_set_one(
     stable, canary = pools
     path = tmp_path / "c.yaml"
     write(path, stable, canary, canary_weight=5)
-    proxy = await started(path)
-    try:
+    async with running(path) as proxy:
         write(path, stable, canary, canary_weight=50)
         assert await proxy.reload()
         assert proxy.state.get("web").canary_weight == 50  # no runtime change: the file wins
@@ -80,8 +79,6 @@ async def test_reload_applies_config_weight_unless_an_operator_set_one(
         write(path, stable, canary, canary_weight=70)
         assert await proxy.reload()
         assert proxy.state.get("web").canary_weight == 20  # the operator's change stays
-    finally:
-        await proxy.stop()
 
 
 async def test_reload_applies_new_error_budget_and_health_settings(
@@ -90,8 +87,7 @@ async def test_reload_applies_new_error_budget_and_health_settings(
     stable, canary = pools
     path = tmp_path / "c.yaml"
     write(path, stable, canary, canary_weight=5)
-    proxy = await started(path)
-    try:
+    async with running(path) as proxy:
         write(
             path,
             stable,
@@ -107,8 +103,6 @@ async def test_reload_applies_new_error_budget_and_health_settings(
         settings, health = proxy.healths[("web", "stable", stable.url)]
         assert health is backend.health
         assert settings[1].consecutive_failures == 2  # type: ignore[attr-defined]
-    finally:
-        await proxy.stop()
 
 
 async def test_reload_rotates_the_admin_token_and_cookie_secrets(
@@ -117,8 +111,7 @@ async def test_reload_rotates_the_admin_token_and_cookie_secrets(
     stable, canary = pools
     path = tmp_path / "c.yaml"
     write(path, stable, canary, canary_weight=50)
-    proxy = await started(path)
-    try:
+    async with running(path) as proxy:
         admin = f"http://{LOCAL}:{proxy.admin_address[1]}/admin/services"
         config = yaml.safe_load(path.read_text())
         config["admin"]["token"] = "new-token"
@@ -139,5 +132,3 @@ async def test_reload_rotates_the_admin_token_and_cookie_secrets(
         assert decoded is not None
         assert decoded.needs_resign  # still valid, re-signed with "new-secret" from now on
         assert codec.decode(codec.encode("canary", 10, 0, 1e9), 1e9) is not None
-    finally:
-        await proxy.stop()
