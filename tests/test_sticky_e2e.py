@@ -72,8 +72,9 @@ async def test_session_mode_pins_the_pool_while_the_weight_moves(
     pools: tuple[Backend, Backend],
 ) -> None:
     config = make_config(web(*pools, 50))
+    pools_seen = set()
     async with start_proxy(config) as proxy:
-        for _ in range(20):  # find users of both pools
+        for _ in range(20):  # users of both pools (at 50 %, 20 users are both kinds)
             async with user() as client:
                 first, _ = await get(client, proxy)
                 seen = {first}
@@ -84,6 +85,8 @@ async def test_session_mode_pins_the_pool_while_the_weight_moves(
                     seen.add(name)
                     assert cookie is None  # a valid cookie for the pool it got: not set again
                 assert seen == {first}
+                pools_seen.add(first)
+    assert pools_seen == {"stable", "canary"}
 
 
 async def test_cohort_mode_keeps_canary_users_inside_as_the_weight_grows(

@@ -1,0 +1,183 @@
+"""The routing seam without sockets: which pool serves, which cookie is set, who is charged.
+
+One table over override × cookie state × mode × weight × ejected × canary health, driven with
+a fake clock and a seeded random source (issue 3), plus the fallback and charging rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Literal
+
+import pytest
+
+from canaryproxy.config import parse_config
+from canaryproxy.director import Director, Route, ServiceRuntime
+from canaryproxy.exchange import RequestHead
+from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.state import ServiceState
+from canaryproxy.sticky import CookieCodec
+
+NOW = 1_800_000_000.0
+Pool = Literal["stable", "canary"]
+
+
+@dataclass
+class Recorder:
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def attempt_failed(self, service: str, pool: Pool, kind: str) -> None:
+        self.failed.append((service, pool, kind))
+
+    def upstream_answered(self, service: str, pool: Pool, status: int) -> None:
+        pass
+
+    def fallback(self, service: str, wanted: Pool, served: Pool) -> None:
+        self.fallbacks.append((service, wanted, served))
+
+
+def build(
+    weight: float, mode: str, ejected: bool, canary_healthy: bool, seed: int = 7
+) -> tuple[Director, ServiceState, CookieCodec, Recorder]:
+    config = parse_config(
+        {
+            "sticky": {"secrets": ["s"], "mode": mode},
+            "services": {
+                "web": {
+                    "stable": {"backends": [{"url": "http://10.0.0.1:80"}]},
+                    "canary": {"backends": [{"url": "http://10.0.0.2:80"}]},
+                    "canary_weight": weight,
+                    "override_header": "X-Canary",
+                    "health_check": {"rise": 1, "fall": 1},
+                }
+            },
+        },
+        env={},
+    )
+    sc = config.services["web"]
+    state = ServiceState(name="web", canary_weight=weight, is_ejected=ejected, epoch=3)
+    codec = CookieCodec(
+        name="cp_pool", secrets=["s"], max_age=3600, secure=False, same_site="Lax", salt="web"
+    )
+    service = ServiceRuntime(sc, state, codec, mode)
+    for backend in service.all_backends():
+        check = ActiveCheck(1, 1)
+        if backend.pool == "canary" and not canary_healthy:
+            check.observe(False)
+        backend.health = BackendHealth(check, OutlierDetector(5, 30.0, 300.0))
+    recorder = Recorder()
+    rng = random.Random(seed)
+    director = Director([service], recorder, lambda: NOW, lambda: 100.0, rng.random)
+    return director, state, codec, recorder
+
+
+def request(*headers: tuple[bytes, bytes]) -> RequestHead:
+    head = RequestHead()
+    head.host = "app.test"
+    head.lheaders = [(b"host", b"app.test"), *headers]
+    return head
+
+
+def route_and_serve(director: Director, head: RequestHead) -> tuple[Route, Pool | None]:
+    route = director.route(head)
+    assert route is not None
+    backend = director.next_backend(route)
+    return route, backend.pool if backend else None
+
+
+COOKIES = ["none", "stable", "canary", "stale-canary", "garbage"]
+OVERRIDES = [None, "always", "never"]
+
+
+def cookie_header(codec: CookieCodec, kind: str) -> tuple[bytes, bytes] | None:
+    if kind == "none":
+        return None
+    if kind == "garbage":
+        return (b"cookie", b"cp_pool=garbage")
+    pool: Pool = "stable" if kind == "stable" else "canary"
+    epoch = 2 if kind == "stale-canary" else 3
+    return (b"cookie", b"cp_pool=" + codec.encode(pool, 100, epoch, NOW - 60).encode())
+
+
+def expected(
+    override: str | None, cookie: str, mode: str, weight: float, ejected: bool, healthy: bool
+) -> tuple[Pool, Pool]:
+    """(decided pool, pool that serves) by the SPEC's rules; the cookie's bucket is 100."""
+    open_canary = not ejected
+    if override == "always" and open_canary:
+        decided: Pool = "canary"
+    elif override in ("always", "never") or ejected:
+        decided = "stable"
+    elif cookie == "stable":
+        decided = "stable" if mode == "session" else ("canary" if weight * 100 > 100 else "stable")
+    elif cookie == "canary":
+        decided = "canary" if mode == "session" else ("canary" if weight * 100 > 100 else "stable")
+    elif cookie == "stale-canary":
+        decided = "canary" if weight * 100 > 100 else "stable"  # epoch over; bucket kept
+    else:
+        decided = "canary" if weight == 100 else "stable"  # seeded draws at 0 and 100 only
+    served: Pool = decided if decided == "stable" or healthy else "stable"
+    return decided, served
+
+
+CASES = list(
+    itertools.product(
+        OVERRIDES, COOKIES, ["session", "cohort"], [0, 100], [False, True], [True, False]
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "cookie", "mode", "weight", "ejected", "healthy"),
+    CASES,
+    ids=[
+        f"{o or 'no-override'}-{c}-{m}-w{w}-{'ejected' if e else 'open'}-{'up' if h else 'down'}"
+        for o, c, m, w, e, h in CASES
+    ],
+)
+def test_decision_table(
+    override: str | None, cookie: str, mode: str, weight: float, ejected: bool, healthy: bool
+) -> None:
+    director, state, codec, recorder = build(weight, mode, ejected, healthy)
+    headers = [h for h in [cookie_header(codec, cookie)] if h is not None]
+    if override is not None:
+        headers.append((b"x-canary", override.encode()))
+    route, served = route_and_serve(director, request(*headers))
+    decided, serving = expected(override, cookie, mode, weight, ejected, healthy)
+    assert (route.decided, served) == (decided, serving)
+    if decided == "canary" and not healthy:
+        # served by stable, charged to the canary (SPEC "Routing")
+        assert recorder.fallbacks == [("web", "canary", "stable")]
+        assert recorder.failed == [("web", "canary", "unavailable")]
+    if route.set_cookie is not None:
+        value = SimpleCookie(route.set_cookie.decode())["cp_pool"].value
+        sticky = codec.decode(value, NOW)
+        assert sticky is not None
+        assert (sticky.pool, sticky.epoch) == (decided, state.epoch)
+    elif override is None:
+        # no new cookie: the request carried a valid one for the pool it got
+        assert cookie in ("stable", "canary")
+
+
+def test_a_connect_failure_retries_within_stable_and_a_canary_falls_back() -> None:
+    director, _, _, recorder = build(100, "session", ejected=False, canary_healthy=True)
+    route, served = route_and_serve(director, request())
+    assert served == "canary"
+    assert route.tried[-1].pool == "canary"
+    director.attempt_failed(route, route.tried[-1], "connect")
+    retry = director.next_backend(route)
+    assert retry is not None
+    assert retry.pool == "stable"  # the canary has no other backend: stable serves
+    assert recorder.failed == [("web", "canary", "connect")]
+    director.attempt_failed(route, retry, "connect")
+    assert director.next_backend(route) is None  # → 502
+
+
+def test_new_users_share_follows_the_weight_with_a_seeded_source() -> None:
+    director, *_ = build(10, "session", ejected=False, canary_healthy=True, seed=1)
+    decided = [route_and_serve(director, request())[0].decided for _ in range(10_000)]
+    assert 0.09 < decided.count("canary") / 10_000 < 0.11
