@@ -29,7 +29,7 @@ from canaryproxy.sticky import CookieCodec, find_cookie
 
 if TYPE_CHECKING:
     from canaryproxy.config import BackendConfig, ServiceConfig
-    from canaryproxy.exchange import RequestHead
+    from canaryproxy.request import RequestHead
 
 PoolName = Literal["stable", "canary"]
 

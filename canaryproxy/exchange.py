@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from canaryproxy import http11
-from canaryproxy.http11 import FORWARDED, HOP_BY_HOP, LAST_CHUNK, VIA, Headers, chunk
+from canaryproxy.http11 import HOP_BY_HOP, LAST_CHUNK, VIA, Headers, chunk
+from canaryproxy.request import CHUNKED_BODY, NO_BODY, RequestHead, upstream_head
 
 if TYPE_CHECKING:
     from canaryproxy.director import BackendRuntime, Route
@@ -35,50 +36,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # RFC 9110 §9.3.7: ``OPTIONS *`` asks about the server itself; to its clients that is the proxy.
 OPTIONS_ALLOW = ((b"Allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
-
-# Body framing of the client's request.
-NO_BODY, LENGTH_BODY, CHUNKED_BODY = 0, 1, 2
-
-
-class RequestHead:
-    """What the client asked, parsed and validated once by the server protocol."""
-
-    __slots__ = (
-        "body_kind",
-        "client_ip",
-        "connection",
-        "expect_continue",
-        "headers",
-        "host",
-        "is_trusted",
-        "keep_alive",
-        "lheaders",
-        "method",
-        "path",
-        "request_id",
-        "started",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        self.method = b"GET"
-        self.target = b"/"
-        self.path = "/"
-        self.host = ""
-        self.version = b"1.1"
-        self.keep_alive = True
-        self.headers: Headers = []
-        self.lheaders: Headers = []
-        self.body_kind = NO_BODY
-        self.connection: frozenset[bytes] = frozenset()  # headers named by Connection
-        self.expect_continue = False
-        self.upgrade: bytes | None = None
-        self.request_id = b""
-        self.client_ip = b""
-        self.is_trusted = False
-        self.started = 0.0
 
 
 class Exchange:
@@ -525,37 +482,3 @@ class Exchange:
         self._drop_conn()
         self.status = 499
         self._record(499, True)
-
-
-def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
-    """The request head sent to the backend (RFC 9110 §7.6: hop-by-hop out, Via in)."""
-    out = [b"%b %b HTTP/1.1\r\n" % (head.method, head.target)]
-    skip = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
-    chain: list[bytes] = []
-    proto = fhost = None
-    trusted = head.is_trusted
-    headers = head.headers
-    for i, (lname, value) in enumerate(head.lheaders):
-        if lname in skip or lname == strip or lname.startswith(b"proxy-"):
-            continue
-        if lname in FORWARDED:
-            if trusted:
-                if lname == b"x-forwarded-for":
-                    chain.append(value)
-                elif lname == b"x-forwarded-proto":
-                    proto = value
-                elif lname == b"x-forwarded-host":
-                    fhost = value
-            continue
-        out.append(headers[i][0] + b": " + value + b"\r\n")
-    xff = http11.forwarded_for(chain, head.client_ip, trusted)
-    out.append(b"X-Forwarded-For: %b\r\n" % xff)
-    out.append(b"X-Forwarded-Proto: %b\r\n" % (proto or b"http"))
-    out.append(b"X-Forwarded-Host: %b\r\n" % (fhost or head.host.encode("latin-1")))
-    out.append(b"X-Request-Id: %b\r\nVia: %b\r\n" % (head.request_id, VIA))
-    if head.body_kind == CHUNKED_BODY:
-        out.append(b"Transfer-Encoding: chunked\r\n")
-    if head.upgrade is not None:
-        out.append(b"Upgrade: %b\r\nConnection: upgrade\r\n" % head.upgrade)
-    out.append(b"\r\n")
-    return b"".join(out)

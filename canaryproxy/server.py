@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -28,8 +27,9 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 from canaryproxy import http11
-from canaryproxy.exchange import CHUNKED_BODY, LENGTH_BODY, Exchange, RequestHead
+from canaryproxy.exchange import Exchange
 from canaryproxy.http11 import BadRequest
+from canaryproxy.request import RawHead, RequestHead, read_head
 
 if TYPE_CHECKING:
     from canaryproxy.config import LimitsConfig
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from canaryproxy.upstream import BackendPool
 
 MAX_HEADERS = 100
-_request_ids = random.Random()  # ids need to be unique, not secret
 LINGER_SECONDS = 2.0  # how long a closing connection still reads and discards
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -256,106 +255,30 @@ class Downstream(asyncio.Protocol):
             exchange.body_complete()
 
     # request head validation -----------------------------------------------------------------
+    def _build_head(self) -> RequestHead:
+        parser = self.parser
+        try:
+            return read_head(
+                RawHead(
+                    method=parser.get_method(),
+                    version=parser.get_http_version(),
+                    keep_alive=parser.should_keep_alive(),
+                    is_upgrade=parser.should_upgrade(),
+                    target=self.url,
+                    headers=self.headers,
+                    lheaders=self.lheaders,
+                ),
+                self.client_ip,
+                self.is_trusted,
+                self.message_started,
+            )
+        except BadRequest as bad:
+            self._bad = bad  # re-raised by httptools as a callback error; data_received answers
+            raise
+
     def _fail(self, status: int, reason: str) -> None:
         self._bad = BadRequest(status, reason)
         raise self._bad
-
-    def _build_head(self) -> RequestHead:
-        parser = self.parser
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            self._fail(505, f"HTTP version {version} not supported")
-        method: bytes = parser.get_method()
-        if method == b"CONNECT":
-            self._fail(501, "CONNECT is not supported by this reverse proxy")
-        head = RequestHead()
-        head.method = method
-        head.version = version.encode()
-        head.keep_alive = parser.should_keep_alive()
-        head.headers = self.headers
-        head.lheaders = self.lheaders
-        head.client_ip = self.client_ip
-        head.is_trusted = self.is_trusted
-        head.started = self.message_started
-        self._read_headers(head)
-        self._read_target(head)
-        return head
-
-    def _read_headers(self, head: RequestHead) -> None:
-        hosts: list[bytes] = []
-        connection: list[bytes] = []
-        content_length = transfer_encoding = None
-        upgrade = None
-        for lname, value in self.lheaders:
-            if lname == b"host":
-                hosts.append(value)
-            elif lname == b"content-length":
-                content_length = value
-            elif lname == b"transfer-encoding":
-                # Repeated fields are one list (RFC 9110 §5.3): "gzip" then "chunked" is gzip.
-                if transfer_encoding is not None:
-                    value = transfer_encoding + b", " + value
-                transfer_encoding = value
-            elif lname == b"expect":
-                if value.strip().lower() != b"100-continue":
-                    self._fail(417, "only Expect: 100-continue is supported")
-                head.expect_continue = head.version == b"1.1"
-            elif lname == b"x-request-id" and http11.is_valid_request_id(value):
-                head.request_id = value
-            elif lname == b"upgrade":
-                upgrade = value
-            elif lname == b"connection":
-                connection.append(value)
-        if connection:
-            head.connection = http11.named_hop_by_hop(connection)
-        if len(hosts) > 1:
-            self._fail(400, "duplicate Host header")
-        if hosts and not http11.is_valid_host(hosts[0]):
-            self._fail(400, "invalid Host header")
-        if not hosts and head.version == b"1.1":
-            self._fail(400, "missing Host header")
-        head.host = hosts[0].decode("latin-1") if hosts else ""
-        if transfer_encoding is not None:
-            if head.version == b"1.0":
-                # RFC 9112 §6.1: faulty framing; an HTTP/1.0 hop may ignore it (smuggling).
-                self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if content_length is not None:
-                self._fail(400, "both Content-Length and Transfer-Encoding")
-            if not http11.is_chunked(transfer_encoding):
-                self._fail(501, "unsupported Transfer-Encoding")
-            head.body_kind = CHUNKED_BODY
-        elif content_length is not None:
-            if not content_length.isdigit():
-                self._fail(400, "invalid Content-Length")
-            if int(content_length) > 0:
-                head.body_kind = LENGTH_BODY
-        if upgrade is not None and self.parser.should_upgrade():
-            if head.body_kind:
-                # llhttp ends an upgrade request at its head: a body would be forwarded as
-                # tunnel bytes the backend never asked for (and the request never ends).
-                self._fail(400, "an Upgrade request must not carry a body")
-            head.upgrade = upgrade
-        if not head.request_id:
-            # A random 128-bit id without a syscall per request (os.urandom is one).
-            head.request_id = b"%032x" % _request_ids.getrandbits(128)
-
-    def _read_target(self, head: RequestHead) -> None:
-        target = self.url
-        if target.startswith(b"/"):
-            head.target = target
-        elif target == b"*":
-            if head.method != b"OPTIONS":
-                self._fail(400, "asterisk-form target is only for OPTIONS")
-            head.target = target
-        else:
-            authority, head.target = http11.split_absolute_target(target)
-            head.host = authority.decode("latin-1")
-            head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
-            head.headers.append((b"Host", authority))
-            head.lheaders = [(n.lower(), v) for n, v in head.headers]
-        query = head.target.find(b"?")
-        path = head.target if query == -1 else head.target[:query]
-        head.path = path.decode("latin-1")
 
     def _reject(self, status: int, reason: str) -> None:
         """Refuse a malformed request: answer with its status and close the connection."""

@@ -16,8 +16,8 @@ import pytest
 
 from canaryproxy.config import parse_config
 from canaryproxy.director import Director, Route, ServiceRuntime
-from canaryproxy.exchange import RequestHead
 from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.request import RequestHead
 from canaryproxy.state import ServiceState
 from canaryproxy.sticky import CookieCodec
 

@@ -1,0 +1,137 @@
+"""Request-head validation as a pure function (the end-to-end side is test_proxy_malformed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from canaryproxy.http11 import BadRequest, Headers
+from canaryproxy.request import (
+    CHUNKED_BODY,
+    LENGTH_BODY,
+    NO_BODY,
+    RawHead,
+    RequestHead,
+    read_head,
+    upstream_head,
+)
+
+
+def raw(
+    headers: Headers,
+    *,
+    method: bytes = b"GET",
+    version: str = "1.1",
+    target: bytes = b"/x?y=1",
+    upgrade: bool = False,
+) -> RawHead:
+    return RawHead(
+        method=method,
+        version=version,
+        keep_alive=True,
+        is_upgrade=upgrade,
+        target=target,
+        headers=headers,
+        lheaders=[(n.lower(), v) for n, v in headers],
+    )
+
+
+def read(r: RawHead, trusted: bool = False) -> RequestHead:
+    return read_head(r, b"192.0.2.7", trusted, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("r", "status"),
+    [
+        (raw([(b"Host", b"a")], version="2.0"), 505),
+        (raw([(b"Host", b"a")], method=b"CONNECT"), 501),
+        (raw([]), 400),
+        (raw([(b"Host", b"a"), (b"Host", b"b")]), 400),
+        (raw([(b"Host", b"a b")]), 400),
+        (raw([(b"Host", b"a"), (b"Expect", b"magic")]), 417),
+        (raw([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip")]), 501),
+        (raw([(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")], version="1.0"), 400),
+        (
+            raw([(b"Host", b"a"), (b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")]),
+            400,
+        ),
+        (raw([(b"Host", b"a"), (b"Content-Length", b"-1")]), 400),
+        (raw([(b"Host", b"a")], target=b"*"), 400),
+        (raw([(b"Host", b"a")], target=b"ftp://x/y"), 400),
+        (
+            raw(
+                [(b"Host", b"a"), (b"Upgrade", b"h2c"), (b"Content-Length", b"5")],
+                method=b"POST",
+                upgrade=True,
+            ),
+            400,
+        ),
+    ],
+    ids=[
+        "http2",
+        "connect",
+        "no-host",
+        "two-hosts",
+        "bad-host",
+        "expect",
+        "gzip",
+        "te-in-1.0",
+        "te-and-cl",
+        "bad-length",
+        "asterisk-get",
+        "ftp-target",
+        "upgrade-body",
+    ],
+)
+def test_refused_heads(r: RawHead, status: int) -> None:
+    with pytest.raises(BadRequest) as refused:
+        read(r)
+    assert refused.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("headers", "body_kind"),
+    [
+        ([(b"Host", b"a")], NO_BODY),
+        ([(b"Host", b"a"), (b"Content-Length", b"0")], NO_BODY),
+        ([(b"Host", b"a"), (b"Content-Length", b"12")], LENGTH_BODY),
+        ([(b"Host", b"a"), (b"Transfer-Encoding", b"Chunked")], CHUNKED_BODY),
+    ],
+    ids=["none", "zero-length", "length", "chunked"],
+)
+def test_body_framing(headers: Headers, body_kind: int) -> None:
+    assert read(raw(headers)).body_kind == body_kind
+
+
+def test_absolute_form_takes_its_authority_as_host() -> None:
+    head = read(raw([(b"Host", b"ignored")], target=b"http://app.test:8080/p?q"))
+    assert (head.host, head.target, head.path) == ("app.test:8080", b"/p?q", "/p")
+    assert head.lheaders == [(b"host", b"app.test:8080")]
+
+
+def test_upstream_head_strips_hop_by_hop_and_sets_forwarding() -> None:
+    head = read(
+        raw(
+            [
+                (b"Host", b"app.test"),
+                (b"Connection", b"keep-alive, X-Hop, Content-Length"),
+                (b"X-Hop", b"1"),
+                (b"Content-Length", b"3"),
+                (b"X-Forwarded-For", b"203.0.113.1"),
+                (b"X-Canary", b"always"),
+                (b"X-Request-Id", b"abc"),
+            ],
+            method=b"POST",
+        )
+    )
+    out = upstream_head(head, b"x-canary").decode()
+    assert out.startswith("POST /x?y=1 HTTP/1.1\r\n")
+    assert "X-Hop" not in out
+    assert "Connection" not in out
+    assert "X-Canary" not in out
+    assert "Content-Length: 3\r\n" in out  # Connection cannot remove the framing
+    assert "X-Forwarded-For: 192.0.2.7\r\n" in out  # untrusted peer: the chain is replaced
+    assert "X-Request-Id: abc\r\n" in out
+    assert out.endswith("Via: 1.1 canaryproxy\r\n\r\n")
+    chain = raw([(b"Host", b"a"), (b"X-Forwarded-For", b"10.1.1.1")])
+    trusted = upstream_head(read(chain, trusted=True), None)
+    assert b"X-Forwarded-For: 10.1.1.1, 192.0.2.7\r\n" in trusted  # trusted peer: appended
