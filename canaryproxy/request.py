@@ -14,25 +14,11 @@ Rules (RFC 9112 §3, §6; RFC 9110 §7.6):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from canaryproxy import http11
 from canaryproxy.http11 import FORWARDED, HOP_BY_HOP, VIA, BadRequest, Headers
 
 _request_ids = random.Random()  # ids need to be unique, not secret
-
-
-@dataclass(frozen=True, slots=True)
-class RawHead:
-    """What llhttp delivered for one request head, before any validation."""
-
-    method: bytes
-    version: str
-    keep_alive: bool
-    is_upgrade: bool
-    target: bytes
-    headers: Headers
-    lheaders: Headers
 
 
 # Body framing of the client's request.
@@ -80,25 +66,18 @@ class RequestHead:
         self.started = 0.0
 
 
-def read_head(raw: RawHead, client_ip: bytes, is_trusted: bool, started: float) -> RequestHead:
-    """Validate what llhttp parsed into the head the proxy works with; BadRequest if refused."""
-    version = raw.version
+def read_head(head: RequestHead, version: str, target: bytes, is_upgrade: bool) -> None:
+    """Validate and complete a head the server filled from llhttp; BadRequest if refused.
+
+    ``head`` arrives with method, keep_alive, headers, lheaders, client and start time set.
+    """
     if version not in ("1.1", "1.0"):
         raise BadRequest(505, f"HTTP version {version} not supported")
-    if raw.method == b"CONNECT":
+    if head.method == b"CONNECT":
         raise BadRequest(501, "CONNECT is not supported by this reverse proxy")
-    head = RequestHead()
-    head.method = raw.method
     head.version = version.encode()
-    head.keep_alive = raw.keep_alive
-    head.headers = raw.headers
-    head.lheaders = raw.lheaders
-    head.client_ip = client_ip
-    head.is_trusted = is_trusted
-    head.started = started
-    _read_headers(head, raw.is_upgrade)
-    _read_target(head, raw.target)
-    return head
+    _read_headers(head, is_upgrade)
+    _read_target(head, target)
 
 
 def _read_headers(head: RequestHead, is_upgrade: bool) -> None:

@@ -29,7 +29,7 @@ import httptools
 from canaryproxy import http11
 from canaryproxy.exchange import Exchange
 from canaryproxy.http11 import BadRequest
-from canaryproxy.request import RawHead, RequestHead, read_head
+from canaryproxy.request import RequestHead, read_head
 
 if TYPE_CHECKING:
     from canaryproxy.config import LimitsConfig
@@ -257,24 +257,20 @@ class Downstream(asyncio.Protocol):
     # request head validation -----------------------------------------------------------------
     def _build_head(self) -> RequestHead:
         parser = self.parser
+        head = RequestHead()
+        head.method = parser.get_method()
+        head.keep_alive = parser.should_keep_alive()
+        head.headers = self.headers
+        head.lheaders = self.lheaders
+        head.client_ip = self.client_ip
+        head.is_trusted = self.is_trusted
+        head.started = self.message_started
         try:
-            return read_head(
-                RawHead(
-                    method=parser.get_method(),
-                    version=parser.get_http_version(),
-                    keep_alive=parser.should_keep_alive(),
-                    is_upgrade=parser.should_upgrade(),
-                    target=self.url,
-                    headers=self.headers,
-                    lheaders=self.lheaders,
-                ),
-                self.client_ip,
-                self.is_trusted,
-                self.message_started,
-            )
+            read_head(head, parser.get_http_version(), self.url, parser.should_upgrade())
         except BadRequest as bad:
             self._bad = bad  # re-raised by httptools as a callback error; data_received answers
             raise
+        return head
 
     def _fail(self, status: int, reason: str) -> None:
         self._bad = BadRequest(status, reason)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
 
 from canaryproxy.http11 import BadRequest, Headers
@@ -9,34 +12,36 @@ from canaryproxy.request import (
     CHUNKED_BODY,
     LENGTH_BODY,
     NO_BODY,
-    RawHead,
     RequestHead,
     read_head,
     upstream_head,
 )
 
 
-def raw(
-    headers: Headers,
-    *,
-    method: bytes = b"GET",
-    version: str = "1.1",
-    target: bytes = b"/x?y=1",
-    upgrade: bool = False,
-) -> RawHead:
-    return RawHead(
-        method=method,
-        version=version,
-        keep_alive=True,
-        is_upgrade=upgrade,
-        target=target,
-        headers=headers,
-        lheaders=[(n.lower(), v) for n, v in headers],
-    )
+@dataclass
+class Raw:
+    """What llhttp would deliver for one head."""
+
+    headers: Headers
+    method: bytes = b"GET"
+    version: str = "1.1"
+    target: bytes = b"/x?y=1"
+    upgrade: bool = False
 
 
-def read(r: RawHead, trusted: bool = False) -> RequestHead:
-    return read_head(r, b"192.0.2.7", trusted, 0.0)
+def raw(headers: Headers, **fields: Any) -> Raw:
+    return Raw(headers, **fields)
+
+
+def read(r: Raw, trusted: bool = False) -> RequestHead:
+    head = RequestHead()
+    head.method = r.method
+    head.headers = r.headers
+    head.lheaders = [(n.lower(), v) for n, v in r.headers]
+    head.client_ip = b"192.0.2.7"
+    head.is_trusted = trusted
+    read_head(head, r.version, r.target, r.upgrade)
+    return head
 
 
 @pytest.mark.parametrize(
@@ -82,7 +87,7 @@ def read(r: RawHead, trusted: bool = False) -> RequestHead:
         "upgrade-body",
     ],
 )
-def test_refused_heads(r: RawHead, status: int) -> None:
+def test_refused_heads(r: Raw, status: int) -> None:
     with pytest.raises(BadRequest) as refused:
         read(r)
     assert refused.value.status == status
