@@ -79,6 +79,19 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from canaryproxy.window import (
+    BUCKETS,
+    PoolWindow,
+    format_odds,
+    format_percent,
+    latency_bin,
+    pool_counts,
+    rate_ratio,
+    ratio,
+    rounded,
+    two_distinct,
+)
+
 __all__ = ["BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
 
 Pool = Literal["stable", "canary"]
@@ -93,12 +106,7 @@ LOG_WEIGHTS = tuple(math.log(w) for w in WEIGHTS)
 RATIOS_LESS_ONE = tuple(r - 1 for r in RATIOS)
 HEALTHY_ALPHA = 0.05
 HEALTHY_THRESHOLD = math.log(1 / HEALTHY_ALPHA)
-BUCKETS = 10
 SLOW_SHARE_PERCENT = 1  # "p99 > limit" is "more than 1 % slower than limit"
-
-_LAT_LOW = 1e-4  # latency histogram: 0.1 ms ...
-_LAT_PER_OCTAVE = 8  # ... 8 log-spaced bins an octave (±4.4 %) ...
-_LAT_BINS = 2 + 21 * _LAT_PER_OCTAVE  # ... to ~210 s, plus under- and overflow
 
 
 class _ErrorBudgetLike(Protocol):
@@ -158,74 +166,6 @@ class Ejection:
     evidence: dict[str, object]
 
 
-def _latency_bin(seconds: float) -> int:
-    if not seconds >= _LAT_LOW:  # also NaN
-        return 0
-    return min(int(math.log2(seconds / _LAT_LOW) * _LAT_PER_OCTAVE) + 1, _LAT_BINS - 1)
-
-
-def _bin_value_ms(index: int) -> float:
-    """A representative latency of a bin: its geometric middle (edges for the ends)."""
-    if index == 0:
-        return _LAT_LOW * 1000
-    octaves = (index - 1 + (0.5 if index < _LAT_BINS - 1 else 0.0)) / _LAT_PER_OCTAVE
-    return _LAT_LOW * math.pow(2.0, octaves) * 1000
-
-
-class _PoolWindow:
-    """One pool's outcomes: per-bucket counts with running window totals."""
-
-    __slots__ = ("errors", "hist", "n", "n_errors", "n_slow", "requests", "since_errors",
-                 "since_requests", "slow")  # fmt: skip
-
-    def __init__(self) -> None:
-        self.requests = [0] * BUCKETS
-        self.errors = [0] * BUCKETS
-        self.slow = [0] * BUCKETS
-        self.hist = [[0] * _LAT_BINS for _ in range(BUCKETS)]
-        self.n = self.n_errors = self.n_slow = 0  # window totals
-        self.since_requests = self.since_errors = 0  # since reset
-
-    def add(self, slot: int, count: int, errors: int, slow: bool, lat_bin: int) -> None:
-        self.requests[slot] += count
-        self.errors[slot] += errors
-        self.hist[slot][lat_bin] += count
-        self.n += count
-        self.n_errors += errors
-        self.since_requests += count
-        self.since_errors += errors
-        if slow:
-            self.slow[slot] += count
-            self.n_slow += count
-
-    def clear(self, slot: int) -> None:
-        self.n -= self.requests[slot]
-        self.n_errors -= self.errors[slot]
-        self.n_slow -= self.slow[slot]
-        self.requests[slot] = self.errors[slot] = self.slow[slot] = 0
-        self.hist[slot] = [0] * _LAT_BINS
-
-    def percentile_ms(self, q: float) -> float | None:
-        if self.n == 0:
-            return None
-        rank = max(1, math.ceil(q * self.n))
-        seen = 0
-        for index in range(_LAT_BINS):
-            seen += sum(bucket[index] for bucket in self.hist)
-            if seen >= rank:
-                return round(_bin_value_ms(index), 3)
-        raise AssertionError("histogram holds fewer samples than its count")
-
-    def stats(self) -> dict[str, object]:
-        return {
-            "requests": self.n,
-            "errors": self.n_errors,
-            "error_rate": self.n_errors / self.n if self.n else 0.0,
-            "p50_ms": self.percentile_ms(0.50),
-            "p99_ms": self.percentile_ms(0.99),
-        }
-
-
 class Judge:
     """The judgement of one service's canary against its stable pool."""
 
@@ -241,8 +181,8 @@ class Judge:
 
     def reset(self, now: float) -> None:
         """Start the judgement afresh (restore): empty windows, no evidence, not ejected."""
-        self._stable = _PoolWindow()
-        self._canary = _PoolWindow()
+        self._stable = PoolWindow()
+        self._canary = PoolWindow()
         self._bucket = int(now // self._width)
         self._slot = self._bucket % BUCKETS
         self._bucket_end = (self._bucket + 1) * self._width
@@ -264,7 +204,7 @@ class Judge:
         if now >= self._bucket_end:
             self._advance(now)
         slow = latency > self._slow_limit
-        self._add(pool == "canary", 1, int(is_error), slow, _latency_bin(latency))
+        self._add(pool == "canary", 1, int(is_error), slow, latency_bin(latency))
         if self._ejection is not None:
             return None
         if is_error:
@@ -285,7 +225,7 @@ class Judge:
         if now >= self._bucket_end:
             self._advance(now)
         canary = pool == "canary"
-        slow, lat_bin = latency > self._slow_limit, _latency_bin(latency)
+        slow, lat_bin = latency > self._slow_limit, latency_bin(latency)
         done = 0
         if self._ejection is None:
             for cut in self._tipping_points(canary, count, slow):
@@ -379,12 +319,12 @@ class Judge:
         requests = stable.since_requests + canary.since_requests
         return {
             "window_seconds": self.params.window,
-            "stable": _pool_counts(stable),
-            "canary": _pool_counts(canary),
-            "canary_share_of_requests": _ratio(canary.since_requests, requests),
-            "canary_share_of_requests_window": _rounded(self._window_share()),
-            "canary_share_of_errors": _ratio(canary.since_errors, errors),
-            "error_rate_ratio": _rate_ratio(canary, stable),
+            "stable": pool_counts(stable),
+            "canary": pool_counts(canary),
+            "canary_share_of_requests": ratio(canary.since_requests, requests),
+            "canary_share_of_requests_window": rounded(self._window_share()),
+            "canary_share_of_errors": ratio(canary.since_errors, errors),
+            "error_rate_ratio": rate_ratio(canary, stable),
             "log_odds": round(self._log_odds, 4),
             "threshold": round(self._threshold, 4),
             "odds": format_odds(self._log_odds),
@@ -470,7 +410,7 @@ class Judge:
         p = self.params
         window = f"over {p.window:g}s, {n} requests"
         if errors / n > p.max_error_rate:
-            rate, limit = _two_distinct(errors / n, p.max_error_rate)
+            rate, limit = two_distinct(errors / n, p.max_error_rate)
             return self._eject("backstop", f"error rate {rate} > {limit} {window}")
         limit_s = f"{self._slow_limit:g}s"
         reason = f"p99 latency > {limit_s} {window}: {slow} slower than {limit_s}"
@@ -576,64 +516,6 @@ def _log_mixture(llr: list[float]) -> float:
     if -600 < top < 600:
         return math.log(sum(w * math.exp(v) for w, v in zip(WEIGHTS, llr, strict=True)))
     return top + math.log(sum(w * math.exp(v - top) for w, v in zip(WEIGHTS, llr, strict=True)))
-
-
-def format_odds(log_odds: float) -> str:
-    """``2900:1`` (two significant figures), ``1:40`` below even, ``3.1e12:1`` when huge."""
-    if log_odds < 0:
-        return "1:" + format_odds(-log_odds).split(":")[0]
-    decimal = log_odds / math.log(10)
-    if decimal >= 6:
-        exponent = math.floor(decimal)
-        return f"{10 ** (decimal - exponent):.1f}e{exponent}:1"
-    odds = math.exp(log_odds)
-    if odds < 100:
-        return f"{odds:.2g}:1"
-    return f"{round(odds, 1 - math.floor(math.log10(odds))):.0f}:1"
-
-
-def format_percent(share: float) -> str:
-    """A share as a percentage to two significant figures: ``5``, ``0.52``, ``12``."""
-    if math.isnan(share):
-        return "?"
-    percent = share * 100
-    if percent >= 10:
-        return f"{percent:.0f}"
-    return f"{percent:.2g}"
-
-
-def _two_distinct(value: float, limit: float) -> tuple[str, str]:
-    """Both to 2 decimals, more if that would print ``0.10 > 0.10``."""
-    for digits in range(2, 7):
-        a, b = f"{value:.{digits}f}", f"{limit:.{digits}f}"
-        if a != b:
-            return a, b
-    return repr(value), repr(limit)
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
-
-
-def _ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 6) if whole else None
-
-
-def _rate_ratio(canary: _PoolWindow, stable: _PoolWindow) -> float | None:
-    if canary.since_requests == 0 or stable.since_requests == 0 or stable.since_errors == 0:
-        return None
-    canary_rate = canary.since_errors / canary.since_requests
-    return round(canary_rate / (stable.since_errors / stable.since_requests), 4)
-
-
-def _pool_counts(window: _PoolWindow) -> dict[str, object]:
-    return {
-        "requests": window.n,
-        "errors": window.n_errors,
-        "error_rate": round(window.n_errors / window.n, 6) if window.n else 0.0,
-        "requests_since_reset": window.since_requests,
-        "errors_since_reset": window.since_errors,
-    }
 
 
 def _rules(p: BudgetParams) -> dict[str, object]:

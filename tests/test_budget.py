@@ -16,9 +16,8 @@ from canaryproxy.budget import (
     Ejection,
     Judge,
     Pool,
-    format_odds,
-    format_percent,
 )
+from canaryproxy.window import format_odds, format_percent
 
 RATIOS = (2, 4, 8, 16, 32, 64)
 WEIGHTS = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)
