@@ -96,6 +96,7 @@ class Proxy:
         )
         self.loops = Loops(self.tick, self.clocks.rng)
         self.admin_runner: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
         self.proxy_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
 
@@ -191,11 +192,11 @@ class Proxy:
             stream.close()
         self.store.close()
 
-    def _reopen_access_log(self, where: str) -> None:
+    def _swap_access_log(self, stream: IO[str] | None) -> None:
         """SIGHUP reopens the access log (a moved file is recreated: logrotate's way)."""
         old = self.access_log.stream
         self.access_log.flush()
-        self.access_log.stream = open_access_log(where)
+        self.access_log.stream = stream
         if old is not None and old not in (sys.stdout, sys.stderr):
             old.close()
 
@@ -217,19 +218,28 @@ class Proxy:
                 self.metrics.set_backend_healthy(service.name, b.pool, b.url, b.is_routable(now))
 
     async def reload(self) -> bool:
-        """SIGHUP: swap in a new config; a bad one is refused and the running one stays."""
+        """SIGHUP: swap in a new config; a bad one is refused and the running one stays.
+
+        Everything that can fail (parsing, opening the access log) happens before anything
+        changes; reloads run one at a time.
+        """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         assert self.config_path is not None
         try:
             config = load_config(self.config_path)
+            stream = open_access_log(config.access_log) if self.owns_access_log else None
         except ConfigError as exc:
-            self.metrics.reload(False)
-            log.error("config reload refused", extra={"errors": exc.errors})
-            return False
+            return self._refuse_reload(exc.errors)
+        except OSError as exc:
+            return self._refuse_reload([f"access_log: cannot open {config.access_log}: {exc}"])
         self.metrics.update_services(_metric_specs(config))
         await self.state.flush()  # an ejection being persisted must not be read back stale
         self.state.load({name: s.canary_weight for name, s in config.services.items()})
         if self.owns_access_log:
-            self._reopen_access_log(config.access_log)
+            self._swap_access_log(stream)
         self.config = config
         if config.sticky.secrets:  # rotation by SIGHUP: new cookies signed with the new first
             self.secrets = config.sticky.secrets
@@ -246,6 +256,11 @@ class Proxy:
         log.info("config reloaded", extra={"services": list(config.services)})
         return True
 
+    def _refuse_reload(self, errors: list[str]) -> bool:
+        self.metrics.reload(False)
+        log.error("config reload refused", extra={"errors": errors})
+        return False
+
 
 async def serve(config: Config, config_path: str | None) -> int:
     proxy = Proxy(config, config_path=config_path)
@@ -256,7 +271,11 @@ async def serve(config: Config, config_path: str | None) -> int:
 
     async def reload_when_started() -> bool:
         await started.wait()
-        return await proxy.reload()
+        try:
+            return await proxy.reload()
+        except Exception:
+            log.exception("config reload failed")
+            return False
 
     def on_hup() -> None:
         task = loop.create_task(reload_when_started())

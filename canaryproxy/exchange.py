@@ -356,7 +356,15 @@ class Exchange:
         timeout = self.route.service.response_timeout
         if self.resp_started:
             if self.down.is_write_paused:
-                return now + timeout  # the client is the slow side
+                # The client is the slow side; one that stops reading altogether for
+                # body_timeout is cut off (nginx's send_timeout), charged to no pool.
+                due = self.down.write_paused_at + self.down.limits.body_timeout
+                if now >= due:
+                    self._drop_conn()
+                    self.down.abort()
+                    self._finish(self.status, keep_alive=False, aborted=True)
+                    return None
+                return min(due, now + timeout)
             due = conn.last_read + timeout
             if now >= due:
                 self._abort_midbody("timeout")
@@ -397,11 +405,11 @@ class Exchange:
     # websocket tunnel ----------------------------------------------------------------------
     def _start_tunnel(self) -> None:
         assert self.conn is not None
+        self._write_upgrade_head()
         # Recorded once, now, as a 101 with the handshake's latency: a tunnel's lifetime is
         # no request latency (it must not feed the histogram or the judge's p99).
         self._record(101, False)
         self.is_tunnel = True
-        self._write_upgrade_head()
         pending, self.tunnel_pending = self.tunnel_pending, []
         for data in pending:
             self.conn.write(data)

@@ -106,6 +106,7 @@ class Downstream(asyncio.Protocol):
         self.last_read = 0.0
         self.is_closing = False
         self.is_write_paused = False
+        self.write_paused_at = 0.0
         self._body_paused = False
         self._pipeline_paused = False
         self._reading_paused = False
@@ -188,9 +189,11 @@ class Downstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.is_write_paused = True
+        self.write_paused_at = self.loop.time()
         conn = self.current.conn if self.current is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()
+            conn.watch(self.write_paused_at + self.limits.body_timeout)  # a client gone quiet
 
     def resume_writing(self) -> None:
         self.is_write_paused = False

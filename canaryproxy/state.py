@@ -211,8 +211,10 @@ class RuntimeState:
         before = state.record()
         await asyncio.to_thread(self.store.save, state.name, new, audit)
         if state.record() != before:
-            # An automatic ejection landed while this was being saved; its own commit is
-            # queued behind ours, so the store ends as memory is: ejected. Apply nothing.
+            # An automatic ejection landed while this was being saved, and its commit may
+            # have gone in before ours: write memory's state again so the store ends ejected.
+            again = self._audit("canaryproxy", state.name, "recommit", to, "ejected")
+            await asyncio.to_thread(self.store.save, state.name, state.record(), again)
             raise Conflict("the canary was ejected while this change was being saved")
         state.apply(new)
         state.weight_source = "state"

@@ -5,9 +5,9 @@ Rules:
   its pool only after a complete response to a fully sent request that both sides keep alive,
   and only once the read that completed it is parsed to its end: bytes beyond the response
   mean the backend broke framing, and must not become the answer to the next request.
-- Idle connections are dropped after ``IDLE_TIMEOUT`` to 1.5 × that (shorter than common
-  backend keep-alive timeouts, so the backend rarely closes first) and whenever they see
-  bytes or EOF while idle.
+- Idle connections are dropped within ``IDLE_TIMEOUT`` (shorter than common backend
+  keep-alive timeouts, so the backend rarely closes first) and whenever they see bytes or
+  EOF while idle.
 - The pool decides under no lock: everything here runs on the event loop thread.
 """
 
@@ -22,7 +22,8 @@ import httptools
 if TYPE_CHECKING:
     from canaryproxy.exchange import Exchange
 
-IDLE_TIMEOUT = 4.0
+IDLE_TIMEOUT = 4.0  # longest a pooled connection stays idle (under common 5 s backends)
+SWEEP_INTERVAL = 1.0
 log = logging.getLogger("canaryproxy.upstream")
 MAX_IDLE_PER_BACKEND = 128
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -253,8 +254,12 @@ class BackendPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.is_closed:
-                return conn
+            if conn.is_closed:
+                continue
+            if self.loop.time() - conn.idle_since >= IDLE_TIMEOUT:
+                conn.close()  # the backend may be closing it right now: not worth the race
+                continue
+            return conn
         return None
 
     def give_back(self, conn: UpstreamConn) -> None:
@@ -264,16 +269,17 @@ class BackendPool:
         conn.park()
         self.idle.append(conn)
         if self._sweep is None:
-            self._sweep = self.loop.call_later(IDLE_TIMEOUT / 2, self._close_stale)
+            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._close_stale)
 
     def _close_stale(self) -> None:
-        """Close connections idle for ``IDLE_TIMEOUT`` (one timer per pool, not per park)."""
+        """Close connections idle for ``IDLE_TIMEOUT - SWEEP_INTERVAL`` or more: none is
+        kept idle past ``IDLE_TIMEOUT`` (one timer per pool, not one per park)."""
         self._sweep = None
-        cutoff = self.loop.time() - IDLE_TIMEOUT
+        cutoff = self.loop.time() - (IDLE_TIMEOUT - SWEEP_INTERVAL)
         for conn in [c for c in self.idle if c.idle_since <= cutoff]:
             conn.close()
         if self.idle:
-            self._sweep = self.loop.call_later(IDLE_TIMEOUT / 2, self._close_stale)
+            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._close_stale)
 
     def forget(self, conn: UpstreamConn) -> None:
         try:  # noqa: SIM105 - cheaper than contextlib.suppress on every close

@@ -324,3 +324,22 @@ async def test_a_healthy_canary_beside_a_failing_stable_is_not_ejected(
         assert await stop(proc) == 0
     assert state["ejected"] is False
     assert state["verdict"] == "shared_degradation"
+
+
+async def test_an_operator_change_racing_an_automatic_ejection_leaves_it_persisted(
+    tmp_path: Path,
+) -> None:
+    from canaryproxy.state import Conflict, RuntimeState
+    from canaryproxy.store import SqliteStateStore
+
+    for attempt in range(5):
+        store = SqliteStateStore(str(tmp_path / f"race-{attempt}.db"))
+        state = RuntimeState(store, {"web": 5.0}, lambda: 1e9)
+        change = asyncio.ensure_future(state.set_weight("web", 25, "operator"))
+        await asyncio.sleep(0)  # the operator's save is under way in its thread
+        assert state.eject_now("web", "comparative", "burned its budget")
+        with pytest.raises(Conflict):
+            await change
+        assert store.load()["web"].ejected  # what a restart would read
+        assert state.get("web").is_ejected
+        store.close()

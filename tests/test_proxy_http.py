@@ -281,6 +281,11 @@ async def test_a_websocket_is_accounted_once_as_101(backend: Backend) -> None:
         await asyncio.sleep(0.7)  # let the access log flush
         pool = proxy.proxy.metrics.pool("web", "stable")
         assert pool.codes == {101: 1}
+        attempts = proxy.proxy.registry.get_sample_value(
+            "canaryproxy_upstream_attempts_total",
+            {"service": "web", "pool": "stable", "outcome": "ok"},
+        )
+        assert attempts == 1
         assert pool.in_flight.value == 0
         assert pool.buckets[-1] == 0  # handshake latency, well under the top bucket
     assert [entry["status"] for entry in proxy.access] == [101]
@@ -314,3 +319,18 @@ async def test_bodies_and_content_encoding_pass_untouched() -> None:
     upstream = seen[0].lower()
     assert b"user-agent" not in upstream  # nothing the client did not send
     assert b"accept-encoding" not in upstream
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_body_timeout(
+    backend: Backend,
+) -> None:
+    config = make_config({"web": service([backend.url])}, limits={"body_timeout": "500ms"})
+    async with start_proxy(config) as proxy:
+        _, writer = await asyncio.open_connection(LOCAL, proxy.port)
+        writer.write(b"GET /download/268435456 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(2.0)  # read nothing: the proxy's buffers fill and it waits
+        assert proxy.proxy.ctx.connections == set()  # ... then it gave up on us
+        writer.close()
+        await asyncio.sleep(0.6)
+    assert proxy.access[-1]["aborted"] is True

@@ -132,3 +132,32 @@ async def test_reload_rotates_the_admin_token_and_cookie_secrets(
         assert decoded is not None
         assert decoded.needs_resign  # still valid, re-signed with "new-secret" from now on
         assert codec.decode(codec.encode("canary", 10, 0, 1e9), 1e9) is not None
+
+
+async def test_a_reload_that_cannot_open_its_access_log_changes_nothing(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    path = tmp_path / "c.yaml"
+    write(path, stable, canary, canary_weight=5)
+    async with running(path) as proxy:
+        proxy.owns_access_log = True  # as under `canaryproxy run`
+        config = yaml.safe_load(path.read_text())
+        config["services"]["renamed"] = config["services"].pop("web")
+        config["access_log"] = str(tmp_path / "no-such-dir" / "access.log")
+        path.write_text(yaml.safe_dump(config))
+        assert not await proxy.reload()
+        assert list(proxy.config.services) == ["web"]
+        assert list(proxy.state.services) == ["web"]
+        assert proxy.metrics.pool("web", "canary") is not None
+        proxy.tick()  # still consistent
+
+
+async def test_reloads_run_one_at_a_time(tmp_path: Path, pools: tuple[Backend, Backend]) -> None:
+    stable, canary = pools
+    path = tmp_path / "c.yaml"
+    write(path, stable, canary, canary_weight=5, health_check={"interval": "2s"})
+    async with running(path) as proxy:
+        before = len(proxy.loops.tasks)
+        assert all(await asyncio.gather(proxy.reload(), proxy.reload(), proxy.reload()))
+        assert len(proxy.loops.tasks) == before
