@@ -78,7 +78,9 @@ def demo(
     """A self-contained show: stable and canary backends, the proxy, traffic, ejection."""
     from canaryproxy.demo import run_demo
 
-    logs.setup(logging.WARNING)  # the ejection and health flips, as JSON lines on stderr
+    # Plain mode: the ejection and health flips also as JSON lines on stderr. The live view
+    # shows them itself, and raw lines on the terminal would tear its redraws.
+    logs.setup(logging.ERROR if sys.stdout.isatty() else logging.WARNING)
 
     sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic)))
 
