@@ -106,7 +106,6 @@ class Proxy:
         for name in list(self.judges):
             if name not in config.services:
                 del self.judges[name]
-        self.hub.judges = self.judges
         return Director(
             services, self.hub, self.clocks.wall, self.clocks.monotonic, self.clocks.rng.random
         )

@@ -54,14 +54,13 @@ class Observer(Protocol):
 
 
 class BackendRuntime:
-    __slots__ = ("health", "host", "index", "key", "pool", "port", "service", "url", "weight")
+    __slots__ = ("health", "host", "key", "pool", "port", "service", "url", "weight")
 
     def __init__(
-        self, service: str, pool: PoolName, index: int, url: str, host: str, port: int, weight: int
+        self, service: str, pool: PoolName, url: str, host: str, port: int, weight: int
     ) -> None:
         self.service = service
         self.pool: PoolName = pool
-        self.index = index
         self.url = url
         self.host = host
         self.port = port
@@ -88,9 +87,6 @@ class PoolRuntime:
         backends = self.backends
         index = self.rr.pick(lambda i: backends[i].is_routable(now) and backends[i] not in tried)
         return None if index is None else backends[index]
-
-    def has_routable(self, now: float) -> bool:
-        return any(b.is_routable(now) for b in self.backends)
 
 
 class ServiceRuntime:
@@ -122,10 +118,7 @@ class ServiceRuntime:
         )
 
     def _backends(self, pool: PoolName, configs: Sequence[BackendConfig]) -> list[BackendRuntime]:
-        return [
-            BackendRuntime(self.name, pool, i, b.url, b.host, b.port, b.weight)
-            for i, b in enumerate(configs)
-        ]
+        return [BackendRuntime(self.name, pool, b.url, b.host, b.port, b.weight) for b in configs]
 
     def all_backends(self) -> list[BackendRuntime]:
         return self.stable.backends + (self.canary.backends if self.canary else [])

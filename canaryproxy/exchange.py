@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from canaryproxy import http11
-from canaryproxy.http11 import HOP_BY_HOP, LAST_CHUNK, VIA, Headers, chunk
+from canaryproxy.http11 import LAST_CHUNK, VIA, Headers, chunk
 from canaryproxy.request import CHUNKED_BODY, NO_BODY, RequestHead, upstream_head
 
 if TYPE_CHECKING:
@@ -238,11 +238,7 @@ class Exchange:
     def _write_response_head(self, status: int, conn: UpstreamConn) -> None:
         assert self.route is not None
         out = [http11.status_line(status)]
-        skip = (
-            HOP_BY_HOP | http11.named_hop_by_hop(self.resp_connection)
-            if self.resp_connection
-            else HOP_BY_HOP
-        )
+        skip = http11.hop_by_hop_names(self.resp_connection)
         has_length = has_te = False
         for name, value in self.resp_headers:
             lname = name.lower()

@@ -66,11 +66,6 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-def connection_tokens(headers: Headers) -> frozenset[bytes]:
-    """Headers named by every ``Connection`` header: hop-by-hop too (framing excepted)."""
-    return named_hop_by_hop(value for name, value in headers if name.lower() == b"connection")
-
-
 # A Connection header may not make the proxy drop what frames or routes the message:
 # removing Content-Length while forwarding the body would let that body be read upstream
 # as another request (request smuggling).
@@ -85,6 +80,14 @@ def tokens(values: Iterable[bytes]) -> frozenset[bytes]:
 def named_hop_by_hop(connection_values: Iterable[bytes]) -> frozenset[bytes]:
     """Headers a message's ``Connection`` fields make hop-by-hop, framing headers excepted."""
     return tokens(connection_values) - UNDROPPABLE
+
+
+def hop_by_hop_names(connection_values: Sequence[bytes]) -> frozenset[bytes]:
+    """Every lower-cased name a message may not pass on: the fixed set plus what its
+    ``Connection`` fields name (``Proxy-*`` is matched by prefix, not listed here)."""
+    if not connection_values:
+        return HOP_BY_HOP
+    return HOP_BY_HOP | named_hop_by_hop(connection_values)
 
 
 def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:

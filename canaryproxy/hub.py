@@ -46,7 +46,7 @@ class Hub:
     ) -> None:
         self.metrics = metrics
         self.state = state
-        self.judges = dict(judges)
+        self.judges = judges  # app.py's table, kept up to date across reloads
         self.access_log = access_log
         self.monotonic = monotonic
         self.fallbacks: dict[tuple[str, str], int] = {}
@@ -104,7 +104,7 @@ class Hub:
             with contextlib.suppress(KeyError):  # the service left the config meanwhile
                 self.metrics.client_abort(name)
             return
-        self._count_attempts(exchange, route, status)
+        self._count_attempts(exchange, route)
         pool = route.decided if status == 503 and exchange.is_local else route.served
         served = self._pool(name, pool)
         if served is not None:
@@ -115,7 +115,7 @@ class Hub:
         elif not aborted:
             self._judge(name, pool, status >= 500, duration)
 
-    def _count_attempts(self, exchange: Exchange, route: Route, status: int) -> None:
+    def _count_attempts(self, exchange: Exchange, route: Route) -> None:
         """Every backend tried: all but the last failed and were retried elsewhere."""
         tried = route.tried
         for backend in tried[:-1]:

@@ -31,9 +31,9 @@ class RequestHead:
     __slots__ = (
         "body_kind",
         "client_ip",
-        "connection",
         "expect_continue",
         "headers",
+        "hop_by_hop",
         "host",
         "is_trusted",
         "keep_alive",
@@ -57,7 +57,7 @@ class RequestHead:
         self.headers: Headers = []
         self.lheaders: Headers = []
         self.body_kind = NO_BODY
-        self.connection: frozenset[bytes] = frozenset()  # headers named by Connection
+        self.hop_by_hop = HOP_BY_HOP  # names not forwarded: fixed ones and those Connection names
         self.expect_continue = False
         self.upgrade: bytes | None = None
         self.request_id = b""
@@ -106,7 +106,7 @@ def _read_headers(head: RequestHead, is_upgrade: bool) -> None:
         elif lname == b"connection":
             connection.append(value)
     if connection:
-        head.connection = http11.named_hop_by_hop(connection)
+        head.hop_by_hop = http11.hop_by_hop_names(connection)
     if len(hosts) > 1:
         raise BadRequest(400, "duplicate Host header")
     if hosts and not http11.is_valid_host(hosts[0]):
@@ -160,7 +160,7 @@ def _read_target(head: RequestHead, target: bytes) -> None:
 def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
     """The request head sent to the backend (RFC 9110 §7.6: hop-by-hop out, Via in)."""
     out = [b"%b %b HTTP/1.1\r\n" % (head.method, head.target)]
-    skip = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
+    skip = head.hop_by_hop
     chain: list[bytes] = []
     proto = fhost = None
     trusted = head.is_trusted

@@ -9,19 +9,20 @@ from canaryproxy.http11 import BadRequest
 
 
 @pytest.mark.parametrize(
-    ("headers", "expected"),
+    ("values", "expected"),
     [
         ([], set()),
-        ([(b"Connection", b"keep-alive")], {b"keep-alive"}),
-        ([(b"connection", b"Close, X-Hop ,,  Upgrade")], {b"close", b"x-hop", b"upgrade"}),
-        ([(b"CONNECTION", b"a"), (b"Connection", b"b")], {b"a", b"b"}),
-        ([(b"X-Connection", b"a"), (b"Host", b"h")], set()),
-        ([(b"Connection", b" , ")], set()),
+        ([b"keep-alive"], {b"keep-alive"}),
+        ([b"Close, X-Hop ,,  Upgrade"], {b"close", b"x-hop", b"upgrade"}),
+        ([b"a", b"b"], {b"a", b"b"}),
+        ([b" , "], set()),
+        ([b"close, Content-Length, host"], {b"close"}),
     ],
-    ids=["none", "one", "list-with-spaces-and-empties", "repeated-header", "other-names", "blank"],
+    ids=["none", "one", "list-with-spaces-and-empties", "repeated-header", "blank", "framing-kept"],
 )
-def test_connection_tokens(headers: http11.Headers, expected: set[bytes]) -> None:
-    assert http11.connection_tokens(headers) == expected
+def test_named_hop_by_hop(values: list[bytes], expected: set[bytes]) -> None:
+    assert http11.named_hop_by_hop(values) == expected
+    assert http11.hop_by_hop_names(values) == http11.HOP_BY_HOP | expected
 
 
 @pytest.mark.parametrize(

@@ -140,3 +140,10 @@ def test_upstream_head_strips_hop_by_hop_and_sets_forwarding() -> None:
     chain = raw([(b"Host", b"a"), (b"X-Forwarded-For", b"10.1.1.1")])
     trusted = upstream_head(read(chain, trusted=True), None)
     assert b"X-Forwarded-For: 10.1.1.1, 192.0.2.7\r\n" in trusted  # trusted peer: appended
+
+
+def test_only_connection_fields_name_hop_by_hop_headers() -> None:
+    head = read(raw([(b"Host", b"a"), (b"X-Connection", b"x-hop"), (b"X-Hop", b"1")]))
+    assert b"X-Hop: 1\r\n" in upstream_head(head, None)
+    head = read(raw([(b"Host", b"a"), (b"Connection", b"x-hop"), (b"X-Hop", b"1")]))
+    assert b"X-Hop" not in upstream_head(head, None)
