@@ -230,12 +230,13 @@ class Exchange:
                 return
             self._start_tunnel()
             return
-        self._write_response_head(status, conn)
-        if self.head.method == b"HEAD" or status in NO_BODY_STATUSES:
+        bodiless = self.head.method == b"HEAD" or status in NO_BODY_STATUSES
+        self._write_response_head(status, bodiless)
+        if bodiless:
             self.on_response_complete()  # reads keep-alive from the parser: before the reset
             conn.reset_parser()  # llhttp does not know the request was HEAD
 
-    def _write_response_head(self, status: int, conn: UpstreamConn) -> None:
+    def _write_response_head(self, status: int, bodiless: bool) -> None:
         assert self.route is not None
         out = [http11.status_line(status)]
         skip = http11.hop_by_hop_names(self.resp_connection)
@@ -252,7 +253,6 @@ class Exchange:
         out.append(b"Via: " + VIA + b"\r\n")
         if self.route.set_cookie is not None:
             out.append(b"Set-Cookie: " + self.route.set_cookie + b"\r\n")
-        bodiless = self.head.method == b"HEAD" or status in NO_BODY_STATUSES
         if not bodiless and (has_te or not has_length):
             if has_length and has_te:
                 # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; drop the latter.
