@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from canaryproxy.accesslog import AccessLog
@@ -32,9 +33,23 @@ def write(path: Path, stable: Backend, canary: Backend | None, **service: Any) -
     path.write_text(yaml.safe_dump(config))
 
 
+def rewrite(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "c.yaml"
+
+
 @asynccontextmanager
-async def running(path: Path) -> AsyncIterator[Proxy]:
-    """A proxy started from the config file at ``path`` (so that ``reload`` reads it)."""
+async def running(
+    path: Path, stable: Backend, canary: Backend | None, **service: Any
+) -> AsyncIterator[Proxy]:
+    """A proxy started from a config file written at ``path`` (``reload`` re-reads it)."""
+    write(path, stable, canary, **service)
     store, log = MemoryStateStore(), AccessLog(None)
     proxy = Proxy(load_config(path), config_path=str(path), store=store, access_log=log)
     await proxy.start()
@@ -45,12 +60,10 @@ async def running(path: Path) -> AsyncIterator[Proxy]:
 
 
 async def test_removing_the_canary_while_a_request_is_in_flight(
-    tmp_path: Path, pools: tuple[Backend, Backend]
+    path: Path, pools: tuple[Backend, Backend]
 ) -> None:
     stable, canary = pools
-    path = tmp_path / "c.yaml"
-    write(path, stable, canary, canary_weight=100)
-    async with running(path) as proxy:
+    async with running(path, stable, canary, canary_weight=100) as proxy:
         url = f"http://{LOCAL}:{proxy.proxy_address[1]}"
         async with aiohttp.ClientSession() as session:
             slow = asyncio.ensure_future(session.get(url + "/sleep/0.5"))
@@ -66,12 +79,10 @@ async def test_removing_the_canary_while_a_request_is_in_flight(
 
 
 async def test_reload_applies_config_weight_unless_an_operator_set_one(
-    tmp_path: Path, pools: tuple[Backend, Backend]
+    path: Path, pools: tuple[Backend, Backend]
 ) -> None:
     stable, canary = pools
-    path = tmp_path / "c.yaml"
-    write(path, stable, canary, canary_weight=5)
-    async with running(path) as proxy:
+    async with running(path, stable, canary, canary_weight=5) as proxy:
         write(path, stable, canary, canary_weight=50)
         assert await proxy.reload()
         assert proxy.state.get("web").canary_weight == 50  # no runtime change: the file wins
@@ -82,12 +93,10 @@ async def test_reload_applies_config_weight_unless_an_operator_set_one(
 
 
 async def test_reload_applies_new_error_budget_and_health_settings(
-    tmp_path: Path, pools: tuple[Backend, Backend]
+    path: Path, pools: tuple[Backend, Backend]
 ) -> None:
     stable, canary = pools
-    path = tmp_path / "c.yaml"
-    write(path, stable, canary, canary_weight=5)
-    async with running(path) as proxy:
+    async with running(path, stable, canary, canary_weight=5) as proxy:
         write(
             path,
             stable,
@@ -106,17 +115,17 @@ async def test_reload_applies_new_error_budget_and_health_settings(
 
 
 async def test_reload_rotates_the_admin_token_and_cookie_secrets(
-    tmp_path: Path, pools: tuple[Backend, Backend]
+    path: Path, pools: tuple[Backend, Backend]
 ) -> None:
     stable, canary = pools
-    path = tmp_path / "c.yaml"
-    write(path, stable, canary, canary_weight=50)
-    async with running(path) as proxy:
+    async with running(path, stable, canary, canary_weight=50) as proxy:
         admin = f"http://{LOCAL}:{proxy.admin_address[1]}/admin/services"
-        config = yaml.safe_load(path.read_text())
-        config["admin"]["token"] = "new-token"
-        config["sticky"]["secrets"] = ["new-secret", "s"]
-        path.write_text(yaml.safe_dump(config))
+
+        def rotate(config: dict[str, Any]) -> None:
+            config["admin"]["token"] = "new-token"
+            config["sticky"]["secrets"] = ["new-secret", "s"]
+
+        rewrite(path, rotate)
         assert await proxy.reload()
         async with aiohttp.ClientSession() as session:
             for token, status in (("t", 401), ("new-token", 200)):
@@ -135,17 +144,17 @@ async def test_reload_rotates_the_admin_token_and_cookie_secrets(
 
 
 async def test_a_reload_that_cannot_open_its_access_log_changes_nothing(
-    tmp_path: Path, pools: tuple[Backend, Backend]
+    path: Path, pools: tuple[Backend, Backend]
 ) -> None:
     stable, canary = pools
-    path = tmp_path / "c.yaml"
-    write(path, stable, canary, canary_weight=5)
-    async with running(path) as proxy:
+    async with running(path, stable, canary, canary_weight=5) as proxy:
         proxy.owns_access_log = True  # as under `canaryproxy run`
-        config = yaml.safe_load(path.read_text())
-        config["services"]["renamed"] = config["services"].pop("web")
-        config["access_log"] = str(tmp_path / "no-such-dir" / "access.log")
-        path.write_text(yaml.safe_dump(config))
+
+        def break_it(config: dict[str, Any]) -> None:
+            config["services"]["renamed"] = config["services"].pop("web")
+            config["access_log"] = str(path.parent / "no-such-dir" / "access.log")
+
+        rewrite(path, break_it)
         assert not await proxy.reload()
         assert list(proxy.config.services) == ["web"]
         assert list(proxy.state.services) == ["web"]
@@ -153,11 +162,11 @@ async def test_a_reload_that_cannot_open_its_access_log_changes_nothing(
         proxy.tick()  # still consistent
 
 
-async def test_reloads_run_one_at_a_time(tmp_path: Path, pools: tuple[Backend, Backend]) -> None:
+async def test_reloads_run_one_at_a_time(path: Path, pools: tuple[Backend, Backend]) -> None:
     stable, canary = pools
-    path = tmp_path / "c.yaml"
-    write(path, stable, canary, canary_weight=5, health_check={"interval": "2s"})
-    async with running(path) as proxy:
+    async with running(
+        path, stable, canary, canary_weight=5, health_check={"interval": "2s"}
+    ) as proxy:
         before = len(proxy.loops.tasks)
         assert all(await asyncio.gather(proxy.reload(), proxy.reload(), proxy.reload()))
         assert len(proxy.loops.tasks) == before
