@@ -29,6 +29,18 @@
 #     -e CANARYPROXY_ADMIN_TOKEN -e CANARYPROXY_COOKIE_SECRET \
 #     canaryproxy:0.1.0 canaryproxy check --config /etc/canaryproxy/canaryproxy.yaml
 
+# Stage 1: build the wheel. The request path is compiled to C by mypyc (setup.py), which
+# needs a C compiler; the compiler stays in this stage.
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY canaryproxy ./canaryproxy
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# Stage 2: the image that runs.
 FROM python:3.11-slim-bookworm
 
 LABEL org.opencontainers.image.title="canaryproxy" \
@@ -49,11 +61,9 @@ RUN groupadd --system --gid 10001 canaryproxy \
     && mkdir -p /etc/canaryproxy /var/lib/canaryproxy \
     && chown canaryproxy:canaryproxy /var/lib/canaryproxy
 
-# Only what the build needs (.dockerignore keeps the rest out of the context).
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY canaryproxy ./canaryproxy
-RUN pip install --no-cache-dir .
+# Only the wheel built above (.dockerignore keeps the rest out of the build context).
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 
 WORKDIR /var/lib/canaryproxy
 VOLUME ["/var/lib/canaryproxy"]

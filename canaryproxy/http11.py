@@ -181,7 +181,7 @@ def forwarded_for(existing: Iterable[bytes], peer: bytes, trusted: bool) -> byte
     """X-Forwarded-For: append the peer to a trusted chain, otherwise start a new one."""
     if not trusted:
         return peer
-    chain = b", ".join(v.strip() for v in existing if v.strip())
+    chain = b", ".join([v.strip() for v in existing if v.strip()])
     return chain + b", " + peer if chain else peer
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
@@ -158,9 +159,7 @@ class Downstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            tail = data[upgrade.args[0] :]
-            if self.upgrading is not None and tail:
-                self.upgrading.tunnel_from_client(tail)
+            self._tunnel_tail(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             bad, self._bad = self._bad, None
             broken, self.parsing = self.parsing, None
@@ -186,6 +185,13 @@ class Downstream(asyncio.Protocol):
             and self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes
         ):
             self._reject(431, "request header fields too large")
+
+    def _tunnel_tail(self, tail: bytes) -> None:
+        # A method of its own: the parser's callbacks have just set ``upgrading``, which
+        # data_received's own narrowing (None, from its first line) does not know;
+        # mypyc trusts that narrowing.
+        if self.upgrading is not None and tail:
+            self.upgrading.tunnel_from_client(tail)
 
     def pause_writing(self) -> None:
         self.is_write_paused = True
@@ -460,7 +466,9 @@ class ProxyServer:
         self.server = await self.ctx.loop.create_server(
             lambda: Downstream(self.ctx), host, port, reuse_address=True, backlog=1024
         )
-        sockname = self.server.sockets[0].getsockname()
+        server: Any = self.server  # uvloop's sockets are a list, typeshed says tuple
+        sockets: Sequence[socket.socket] = server.sockets
+        sockname = sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 
     async def drain(self, grace: float) -> None:

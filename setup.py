@@ -1,0 +1,43 @@
+"""Builds the request path's modules as C extensions with mypyc.
+
+Everything else about the package is in pyproject.toml, including the list of compiled
+modules (``[tool.canaryproxy] compiled``). Those run on every request; compiled, they cost
+the proxy less than half the CPU per request (benchmarks/README.md, "Compiled modules").
+Their .py sources stay in the package: with ``CANARYPROXY_COMPILE=0`` at install time
+nothing is compiled (no C compiler needed) and the same code runs interpreted.
+"""
+
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+
+def compiled_modules() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        names: list[str] = tomllib.load(f)["tool"]["canaryproxy"]["compiled"]
+    return [f"canaryproxy/{name}.py" for name in names]
+
+
+def ext_modules() -> list[object]:
+    if os.environ.get("CANARYPROXY_COMPILE", "1") == "0":
+        return []
+    from mypyc.build import mypycify
+
+    # The build environment may hold only setuptools and mypy (pip's build isolation), so
+    # pyproject.toml's [tool.mypy] (strict, the pydantic plugin) cannot apply here: the
+    # dependencies' types count as Any. `make test` type-checks everything strictly.
+    with tempfile.NamedTemporaryFile("w", suffix=".ini", delete=False) as config:
+        config.write("[mypy]\nignore_missing_imports = True\n")
+    try:
+        options = [f"--config-file={config.name}", *compiled_modules()]
+        return list(mypycify(options, opt_level="3", group_name="canaryproxy"))
+    finally:
+        os.unlink(config.name)
+
+
+setup(ext_modules=ext_modules())

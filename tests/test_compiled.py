@@ -1,0 +1,55 @@
+"""The request path runs compiled (mypyc), and never from a stale build.
+
+``make`` compiles the modules listed in pyproject.toml ``[tool.canaryproxy] compiled`` in
+place; these tests fail when the suite would otherwise test the interpreted sources while
+the proxy ships compiled ones, or an old extension while the source has moved on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "canaryproxy"
+
+
+def compiled_names() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        names: list[str] = tomllib.load(f)["tool"]["canaryproxy"]["compiled"]
+    return names
+
+
+def extensions_of(name: str) -> list[Path]:
+    return [PACKAGE / f"{name}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+
+
+def test_every_listed_module_exists() -> None:
+    missing = [n for n in compiled_names() if not (PACKAGE / f"{n}.py").is_file()]
+    assert missing == []
+
+
+@pytest.mark.skipif(
+    os.environ.get("CANARYPROXY_COMPILE") == "0", reason="CANARYPROXY_COMPILE=0: interpreted"
+)
+@pytest.mark.parametrize("name", compiled_names())
+def test_module_is_loaded_compiled(name: str) -> None:
+    module = importlib.import_module(f"canaryproxy.{name}")
+    assert module.__file__ is not None
+    assert Path(module.__file__).suffix == ".so", f"{name} runs interpreted: run `make build`"
+
+
+@pytest.mark.parametrize("name", compiled_names())
+def test_no_extension_is_older_than_its_source(name: str) -> None:
+    source = PACKAGE / f"{name}.py"
+    stale = [
+        ext.name
+        for ext in extensions_of(name)
+        if ext.exists() and ext.stat().st_mtime < source.stat().st_mtime
+    ]
+    assert stale == [], f"{stale} built before {source.name} last changed: run `make build`"
