@@ -35,7 +35,7 @@ def ext_modules() -> list[object]:
         config.write("[mypy]\nignore_missing_imports = True\n")
     try:
         options = [f"--config-file={config.name}", *compiled_modules()]
-        return list(mypycify(options, opt_level="3", group_name="canaryproxy"))
+        return list(mypycify(options, opt_level="3", group_name="canaryproxy.compiled"))
     finally:
         os.unlink(config.name)
 

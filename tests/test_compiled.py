@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -53,3 +55,20 @@ def test_no_extension_is_older_than_its_source(name: str) -> None:
         if ext.exists() and ext.stat().st_mtime < source.stat().st_mtime
     ]
     assert stale == [], f"{stale} built before {source.name} last changed: run `make build`"
+
+
+def test_compiled_modules_import_from_any_directory(tmp_path: Path) -> None:
+    # mypyc's shared library must live inside the package: at the top level it is found
+    # only when the checkout happens to be on sys.path (it is for pytest, not for the
+    # installed `canaryproxy` command).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    names = ", ".join(f"canaryproxy.{name}" for name in compiled_names())
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {names}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
