@@ -62,7 +62,6 @@ ServiceSpec = tuple[str, Sequence[tuple[str, str]]]
 @dataclass(frozen=True, slots=True)
 class _Families:
     upstream_errors: Counter
-    attempts: Counter
     canary_weight: Gauge
     canary_ejected: Gauge
     ejections: Counter
@@ -80,12 +79,6 @@ def _families(registry: CollectorRegistry) -> _Families:
             "canaryproxy_upstream_errors_total",
             "Failed attempts at a backend, by kind (connect, timeout, reset, protocol).",
             (*sp, "kind"),
-            registry=registry,
-        ),
-        attempts=Counter(
-            "canaryproxy_upstream_attempts_total",
-            "Attempts at a backend, retries included: ok, retried (failed, sent again), failed.",
-            (*sp, "outcome"),
             registry=registry,
         ),
         canary_weight=Gauge(
@@ -163,17 +156,17 @@ class Level:
 class PoolMetrics:
     """The request-path recorder of one (service, pool); built at startup, held by the engine.
 
-    Responses, durations and in-flight requests — touched on every request — are plain
+    Responses, durations, attempts and in-flight requests — touched on every request — are plain
     numbers that ``_RequestCollector`` turns into Prometheus families at scrape time: no lock
     and no child lookup per request (prometheus-client's children take a lock per update).
     """
 
     __slots__ = (
-        "_attempts",
         "_bounds",
         "_errors",
         "_fam",
         "_key",
+        "attempts",
         "buckets",
         "codes",
         "duration_sum",
@@ -190,7 +183,7 @@ class PoolMetrics:
         self._errors = {
             k: fam.upstream_errors.labels(service, pool, k) for k in UPSTREAM_ERROR_KINDS
         }
-        self._attempts = {o: fam.attempts.labels(service, pool, o) for o in ATTEMPT_OUTCOMES}
+        self.attempts = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
         self.in_flight = Level()
 
     def __repr__(self) -> str:
@@ -216,18 +209,16 @@ class PoolMetrics:
 
     def attempt(self, outcome: str) -> None:
         """One attempt at a backend of this pool (`outcome` in ATTEMPT_OUTCOMES)."""
-        try:
-            self._attempts[outcome].inc()
-        except KeyError:
-            raise ValueError(_unknown(outcome, ATTEMPT_OUTCOMES, "outcome")) from None
+        attempts = self.attempts
+        if outcome not in attempts:
+            raise ValueError(_unknown(outcome, ATTEMPT_OUTCOMES, "outcome"))
+        attempts[outcome] += 1
 
     def _remove(self) -> None:
         """Drop this pool's registry series (its service or pool left the config)."""
         fam, key = self._fam, self._key
         for kind in self._errors:
             fam.upstream_errors.remove(*key, kind)
-        for outcome in self._attempts:
-            fam.attempts.remove(*key, outcome)
 
 
 class _RequestCollector(Collector):
@@ -253,6 +244,11 @@ class _RequestCollector(Collector):
         in_flight = GaugeMetricFamily(
             "canaryproxy_requests_in_flight", "Requests being served, by pool.", labels=sp
         )
+        attempts = CounterMetricFamily(
+            "canaryproxy_upstream_attempts",
+            "Attempts at a backend, retries included: ok, retried (failed, sent again), failed.",
+            labels=[*sp, "outcome"],
+        )
         for (service, pool), pm in list(self.pools.items()):
             for code, count in sorted(pm.codes.items()):
                 requests.add_metric([service, pool, str(code)], count)
@@ -261,9 +257,12 @@ class _RequestCollector(Collector):
                 [service, pool], list(zip(self.les, cumulative, strict=True)), pm.duration_sum
             )
             in_flight.add_metric([service, pool], pm.in_flight.value)
+            for outcome, count in pm.attempts.items():
+                attempts.add_metric([service, pool, outcome], count)
         yield requests
         yield duration
         yield in_flight
+        yield attempts
 
 
 class _ServiceMetrics:

@@ -60,8 +60,7 @@ process.
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from canaryproxy.sticky import Pool, StickyValue
 
@@ -180,14 +179,29 @@ def _normalise_pattern(pattern: str) -> str:
 # --- the pool decision --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class PoolDecision:
     """Which pool serves the request, the user's bucket, and whether to send a cookie
-    for (pool, bucket, current epoch)."""
+    for (pool, bucket, current epoch). Immutable, compared by value; a plain class for
+    mypyc, as ``sticky.StickyValue``."""
 
-    pool: Pool
-    bucket: int
-    set_cookie: bool
+    __slots__ = ("bucket", "pool", "set_cookie")
+
+    def __init__(self, pool: Pool, bucket: int, set_cookie: bool) -> None:
+        self.pool: Final = pool
+        self.bucket: Final = bucket
+        self.set_cookie: Final = set_cookie
+
+    def _fields(self) -> tuple[Pool, int, bool]:
+        return (self.pool, self.bucket, self.set_cookie)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PoolDecision) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "PoolDecision(pool={!r}, bucket={}, set_cookie={})".format(*self._fields())
 
 
 def is_canary_bucket(bucket: int, canary_weight: float) -> bool:

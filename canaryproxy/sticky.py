@@ -14,15 +14,17 @@ Rules this module keeps:
 - Keys: each secret is turned into a per-service key once, at construction, with
   itsdangerous' ``hmac`` key derivation (HMAC(secret, salt)); ``salt`` is per service,
   so a cookie issued for service A never verifies for service B. Signing and verifying
-  then cost exactly one HMAC per secret tried (itsdangerous would otherwise re-derive
-  the key on every call).
+  then cost exactly one HMAC per secret tried, computed from a keyed HMAC state made
+  once (``_Key``): the same bytes as ``itsdangerous.Signer(key, key_derivation="none")``
+  gives — the tests check it against an unmodified Signer — at half its cost, since
+  itsdangerous re-keys and goes through several Python layers on every call.
 - Rotation: the FIRST secret signs; every secret verifies, tried in order, so the
   common case (a cookie signed with the current secret) costs one HMAC. A cookie that
   only a later secret verifies decodes with ``needs_resign=True`` and the caller sends
   a fresh one. (itsdangerous' own key list signs with its LAST key, which is why we
-  keep one ``Signer`` per secret instead of handing it the list.)
+  keep one key per secret instead of handing it the list.)
 - Time is passed in (``now``, wall-clock seconds). The issue time is inside the signed
-  payload, so itsdangerous never reads the clock. A cookie older than ``max_age`` or
+  payload; nothing here reads the clock. A cookie older than ``max_age`` or
   issued more than ``MAX_CLOCK_SKEW`` seconds in the future is rejected.
 - The signature is compared as text against the one we would issue, so the
   non-canonical base64 spellings that a lenient decoder accepts (the unused low bits of
@@ -37,15 +39,15 @@ Rules this module keeps:
   failure (no 4xx, and we never trust an ambiguous pin).
 """
 
+import binascii
 import hashlib
 import hmac
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
-from itsdangerous import BadData, Signer
+from itsdangerous import Signer
 
 Pool = Literal["stable", "canary"]
 
@@ -65,15 +67,38 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _OWS = b" \t"
 
 
-@dataclass(frozen=True, slots=True)
 class StickyValue:
-    """What a verified, unexpired cookie says."""
+    """What a verified, unexpired cookie says; immutable, compared by value.
 
-    pool: Pool
-    bucket: int
-    epoch: int
-    issued_at: int
-    needs_resign: bool  # verified by a secret other than the first: send a fresh cookie
+    A plain class rather than a frozen dataclass: mypyc compiles its ``__init__``, while
+    a dataclass' generated one would stay interpreted (one is built per request).
+    """
+
+    __slots__ = ("bucket", "epoch", "issued_at", "needs_resign", "pool")
+
+    def __init__(
+        self, pool: Pool, bucket: int, epoch: int, issued_at: int, needs_resign: bool
+    ) -> None:
+        self.pool: Final = pool
+        self.bucket: Final = bucket
+        self.epoch: Final = epoch
+        self.issued_at: Final = issued_at
+        # verified by a secret other than the first: send a fresh cookie
+        self.needs_resign: Final = needs_resign
+
+    def _fields(self) -> tuple[Pool, int, int, int, bool]:
+        return (self.pool, self.bucket, self.epoch, self.issued_at, self.needs_resign)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StickyValue) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "StickyValue(pool={!r}, bucket={}, epoch={}, issued_at={}, needs_resign={})".format(
+            *self._fields()
+        )
 
 
 class CookieCodec:
@@ -104,7 +129,7 @@ class CookieCodec:
             raise ValueError(f"same_site must be Strict, Lax or None, got {same_site!r}")
         self.name = name
         self.max_age = float(max_age)
-        self._signers = tuple(_signer_for(secret, salt) for secret in secrets)
+        self._keys = tuple(_Key(_derive_key(secret, salt)) for secret in secrets)
         self._name_bytes = name.encode("ascii")
         self._prefix = self._name_bytes + b"="
         self._suffix = _attributes(self.max_age, secure, canonical_same_site)
@@ -112,7 +137,7 @@ class CookieCodec:
     def __repr__(self) -> str:
         # Never show the secrets; their count is enough to debug rotation.
         return (
-            f"CookieCodec(name={self.name!r}, secrets={len(self._signers)}, "
+            f"CookieCodec(name={self.name!r}, secrets={len(self._keys)}, "
             f"max_age={self.max_age}, attributes={self._suffix.decode()!r})"
         )
 
@@ -121,7 +146,7 @@ class CookieCodec:
         if not 0 <= bucket < _BUCKETS or epoch < 0:
             raise ValueError(f"bucket {bucket} / epoch {epoch} out of range")
         payload = b"%s.%d.%d.%d" % (_POOL_CODES[pool], bucket, epoch, math.floor(now))
-        return self._signers[0].sign(payload).decode("ascii")
+        return (payload + b"." + self._keys[0].signature(payload)).decode("ascii")
 
     def decode(self, value: str, now: float) -> StickyValue | None:
         """The verified content of ``value``, or None if it must be ignored."""
@@ -129,7 +154,7 @@ class CookieCodec:
             return None
         try:
             return self._verify_and_parse(value.encode("ascii"), now)
-        except (BadData, ValueError):
+        except ValueError:
             return None
 
     def set_cookie_header(self, value: str) -> bytes:
@@ -145,8 +170,8 @@ class CookieCodec:
         payload, sep, signature = raw.rpartition(b".")
         if not sep:
             return None
-        for index, signer in enumerate(self._signers):
-            if hmac.compare_digest(signer.get_signature(payload), signature):
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(key.signature(payload), signature):
                 return self._parse(payload, now, needs_resign=index > 0)
         return None
 
@@ -189,10 +214,30 @@ def _find(cookie_header_values: Sequence[bytes], name: bytes) -> str | None:
     return _unquote(found).decode("latin-1")
 
 
-def _signer_for(secret: str, salt: str) -> Signer:
-    """A Signer whose key is HMAC(secret, salt), derived once instead of per call."""
-    deriving = Signer(secret, salt=salt, key_derivation="hmac", digest_method=hashlib.sha256)
-    return Signer(deriving.derive_key(), key_derivation="none", digest_method=hashlib.sha256)
+def _derive_key(secret: str, salt: str) -> bytes:
+    """itsdangerous' ``hmac`` key derivation: HMAC-SHA256(secret, salt)."""
+    return Signer(
+        secret, salt=salt, key_derivation="hmac", digest_method=hashlib.sha256
+    ).derive_key()
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+class _Key:
+    """HMAC-SHA256 under one derived key, keyed once; signatures as itsdangerous spells
+    them (base64url without padding)."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod="sha256")
+
+    def signature(self, payload: bytes) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(payload)
+        encoded = binascii.b2a_base64(mac.digest(), newline=False)
+        return encoded.translate(_URLSAFE).rstrip(b"=")
 
 
 def _attributes(max_age: float, secure: bool, same_site: str) -> bytes:
