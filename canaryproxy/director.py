@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from canaryproxy.balancer import SmoothWeightedRoundRobin
@@ -54,7 +55,7 @@ class Observer(Protocol):
 
 
 class BackendRuntime:
-    __slots__ = ("health", "host", "key", "pool", "port", "service", "url", "weight")
+    __slots__ = ("health", "host", "key", "log_fields", "pool", "port", "service", "url", "weight")
 
     def __init__(
         self, service: str, pool: PoolName, url: str, host: str, port: int, weight: int
@@ -67,6 +68,10 @@ class BackendRuntime:
         self.weight = weight
         self.key = f"{host}:{port}"
         self.health: BackendHealth | None = None
+        # Its part of an access log line (hub.py), JSON-quoted once instead of per request.
+        self.log_fields = (
+            f'"service":{_quote(service)},"pool":{_quote(pool)},"backend":{_quote(url)}'
+        )
 
     def __repr__(self) -> str:
         return f"<Backend {self.service}/{self.pool} {self.url}>"

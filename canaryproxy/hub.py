@@ -161,14 +161,17 @@ def _access_line(exchange: Exchange, status: int, duration: float, aborted: bool
     head = exchange.head
     route = exchange.route
     backend = exchange.backend
-    service = _quote(route.service.name) if route else "null"
-    pool = _quote(route.served) if route else "null"
-    url = _quote(backend.url) if backend else "null"
+    if backend is not None and route is not None and backend.pool == route.served:
+        where = backend.log_fields  # quoted once, when the backend was configured
+    else:
+        service = _quote(route.service.name) if route else "null"
+        pool = _quote(route.served) if route else "null"
+        url = _quote(backend.url) if backend else "null"
+        where = f'"service":{service},"pool":{pool},"backend":{url}'
     cut = ',"aborted":true' if aborted else ""  # the response was cut off, not completed
     return (
         f'{{"client":{_quote(head.client_ip.decode())},"method":{_quote(head.method.decode())},'
-        f'"path":{_quote(head.path)},"host":{_quote(head.host)},"status":{status},'
-        f'"service":{service},"pool":{pool},"backend":{url},'
+        f'"path":{_quote(head.path)},"host":{_quote(head.host)},"status":{status},{where},'
         f'"duration_ms":{duration * 1000:.3f},'
         f'"request_id":{_quote(head.request_id.decode())}{cut}}}'
     )
