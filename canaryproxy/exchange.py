@@ -249,14 +249,12 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 has_length = True
-            out.append(name + b": " + value + b"\r\n")
+            out += (name, b": ", value, b"\r\n")  # joined once below: no bytes per line
         out.append(b"Via: " + VIA + b"\r\n")
         if self.route.set_cookie is not None:
             out.append(b"Set-Cookie: " + self.route.set_cookie + b"\r\n")
+        # Never both framings here: llhttp refuses such a response (a 502, as nginx).
         if not bodiless and (has_te or not has_length):
-            if has_length and has_te:
-                # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; drop the latter.
-                out = [line for line in out if not line.lower().startswith(b"content-length:")]
             if self.head.version == b"1.1":
                 self.resp_chunked = True
                 out.append(b"Transfer-Encoding: chunked\r\n")

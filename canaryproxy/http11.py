@@ -87,7 +87,21 @@ def hop_by_hop_names(connection_values: Sequence[bytes]) -> frozenset[bytes]:
     ``Connection`` fields name (``Proxy-*`` is matched by prefix, not listed here)."""
     if not connection_values:
         return HOP_BY_HOP
-    return HOP_BY_HOP | named_hop_by_hop(connection_values)
+    if len(connection_values) != 1:
+        return HOP_BY_HOP | named_hop_by_hop(connection_values)
+    # One Connection field, nearly always "keep-alive", "close" or "upgrade": remembered
+    # (a bounded number of spellings, since peers choose them), not re-split per message.
+    value = connection_values[0]
+    names = _SINGLE_CONNECTION.get(value)
+    if names is None:
+        names = HOP_BY_HOP | named_hop_by_hop(connection_values)
+        if len(_SINGLE_CONNECTION) < _SINGLE_CONNECTION_MAX:
+            _SINGLE_CONNECTION[value] = names
+    return names
+
+
+_SINGLE_CONNECTION: dict[bytes, frozenset[bytes]] = {}
+_SINGLE_CONNECTION_MAX = 256
 
 
 def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:

@@ -601,3 +601,26 @@ async def test_surplus_response_never_answers_the_next_request() -> None:
     assert b"EVIL" not in response
     bodies = [part.split(b"\r\n\r\n", 1)[1][:4] for part in response.split(b"HTTP/1.1 ")[1:]]
     assert bodies == [b"/one", b"/two"]
+
+
+async def test_response_with_both_framings_is_a_502() -> None:
+    # Content-Length and Transfer-Encoding in one response: llhttp refuses it, and so does
+    # the proxy (502, counted as a protocol error), as nginx does since 1.23; the
+    # ambiguous framing never reaches the client.
+    async def both(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+
+    async with raw_backend(both) as raw:
+        config = make_config({"web": service([raw.url])})
+        async with start_proxy(config) as proxy:
+            request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            response = await raw_request(proxy.port, request, read_timeout=3)
+            errors = upstream_errors(proxy, "stable")
+    assert response.startswith(b"HTTP/1.1 502 "), response
+    assert b"hello" not in response
+    assert errors["protocol"] == 1
