@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	CANARYPROXY_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# From scratch: an extension of a module no longer listed must not outlive it.
 $(COMPILED): $(STAMP) setup.py $(wildcard canaryproxy/*.py)
+	rm -rf build canaryproxy/*.so
 	$(BIN)/python setup.py -q build_ext --inplace --force >/dev/null
 	touch $(COMPILED)
 

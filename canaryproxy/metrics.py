@@ -17,6 +17,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ class PoolMetrics:
         "attempts",
         "buckets",
         "codes",
+        "created",
         "duration_sum",
         "in_flight",
     )
@@ -184,6 +186,7 @@ class PoolMetrics:
             k: fam.upstream_errors.labels(service, pool, k) for k in UPSTREAM_ERROR_KINDS
         }
         self.attempts = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
+        self.created = time.time()  # the counters' _created series, as prometheus-client's
         self.in_flight = Level()
 
     def __repr__(self) -> str:
@@ -221,8 +224,12 @@ class PoolMetrics:
             fam.upstream_errors.remove(*key, kind)
 
 
-class _RequestCollector(Collector):
-    """Scrape-time view of every pool's plain-number request metrics."""
+class _RequestCollector:
+    """Scrape-time view of every pool's plain-number request metrics.
+
+    Duck-typed, not a ``Collector`` subclass: this module is compiled by mypyc, which sees
+    third-party classes as Any (setup.py), and a native class cannot extend one.
+    """
 
     def __init__(self, pools: dict[tuple[str, str], PoolMetrics], bounds: Sequence[float]) -> None:
         self.pools = pools
@@ -258,7 +265,7 @@ class _RequestCollector(Collector):
             )
             in_flight.add_metric([service, pool], pm.in_flight.value)
             for outcome, count in pm.attempts.items():
-                attempts.add_metric([service, pool, outcome], count)
+                attempts.add_metric([service, pool, outcome], count, created=pm.created)
         yield requests
         yield duration
         yield in_flight
@@ -297,7 +304,8 @@ class Metrics:
         self._backends: dict[tuple[str, str, str], Gauge] = {}
         self._rejected: dict[int, Counter] = {}
         self._reloads = {r: self._fam.reloads.labels(r) for r in ("ok", "failed")}
-        registry.register(_RequestCollector(self._pools, self._bounds))
+        # collect() is all a registry asks of a collector (describe() is optional).
+        registry.register(cast(Collector, _RequestCollector(self._pools, self._bounds)))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)

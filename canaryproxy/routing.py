@@ -39,7 +39,7 @@ canary and it is not ejected:
    users come back when a restored canary ramps again), else a new bucket
    ``int(rng() * 10000)`` is drawn; canary iff open and bucket < weight × 100.
 
-``bucket < weight × 100`` is computed as ``bucket < round(weight * 100, 6)`` so that
+``bucket < weight × 100`` is computed as ``bucket + 5e-7 < weight * 100`` so that
 float noise (5.1 × 100 = 509.99…) cannot move a boundary bucket: weight 5.1 puts
 exactly 510 of the 10,000 buckets in the canary.
 
