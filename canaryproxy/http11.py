@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from http import HTTPStatus
+from typing import Generic, TypeVar
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -89,19 +90,40 @@ def hop_by_hop_names(connection_values: Sequence[bytes]) -> frozenset[bytes]:
         return HOP_BY_HOP
     if len(connection_values) != 1:
         return HOP_BY_HOP | named_hop_by_hop(connection_values)
-    # One Connection field, nearly always "keep-alive", "close" or "upgrade": remembered
-    # (a bounded number of spellings, since peers choose them), not re-split per message.
+    # One Connection field, nearly always "keep-alive", "close" or "upgrade".
     value = connection_values[0]
-    names = _SINGLE_CONNECTION.get(value)
+    names = _single_connection.get(value)
     if names is None:
         names = HOP_BY_HOP | named_hop_by_hop(connection_values)
-        if len(_SINGLE_CONNECTION) < _SINGLE_CONNECTION_MAX:
-            _SINGLE_CONNECTION[value] = names
+        _single_connection.put(value, names)
     return names
 
 
-_SINGLE_CONNECTION: dict[bytes, frozenset[bytes]] = {}
-_SINGLE_CONNECTION_MAX = 256
+T = TypeVar("T")
+
+
+class Memo(Generic[T]):
+    """Results of a pure function of one header value, remembered for the values that
+    come again and again (a client's Host, a backend's ``Connection: keep-alive``) instead
+    of recomputed per message. Bounded: peers choose the values, so once ``size`` are
+    known the rest are simply computed each time."""
+
+    __slots__ = ("known", "size")
+
+    def __init__(self, size: int) -> None:
+        self.known: dict[bytes, T] = {}
+        self.size = size
+
+    def get(self, value: bytes) -> T | None:
+        return self.known.get(value)
+
+    def put(self, value: bytes, result: T) -> None:
+        if len(self.known) < self.size:
+            self.known[value] = result
+
+
+_single_connection: Memo[frozenset[bytes]] = Memo(256)
+_valid_hosts: Memo[bool] = Memo(256)
 
 
 def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:
@@ -109,7 +131,11 @@ def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:
 
 
 def is_valid_host(value: bytes) -> bool:
-    return bool(value) and _HOST_RE.match(value) is not None
+    valid = _valid_hosts.get(value)
+    if valid is None:
+        valid = bool(value) and _HOST_RE.match(value) is not None
+        _valid_hosts.put(value, valid)
+    return valid
 
 
 def is_valid_request_id(value: bytes) -> bool:

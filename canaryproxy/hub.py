@@ -169,9 +169,11 @@ def _access_line(exchange: Exchange, status: int, duration: float, aborted: bool
         url = _quote(backend.url) if backend else "null"
         where = f'"service":{service},"pool":{pool},"backend":{url}'
     cut = ',"aborted":true' if aborted else ""  # the response was cut off, not completed
+    # Formatted apart: a format spec in the f-string below would make mypyc build all of
+    # it through str.format, at three times the cost.
+    ms = f"{duration * 1000:.3f}"
     return (
         f'{{"client":{_quote(head.client_ip.decode())},"method":{_quote(head.method.decode())},'
         f'"path":{_quote(head.path)},"host":{_quote(head.host)},"status":{status},{where},'
-        f'"duration_ms":{duration * 1000:.3f},'
-        f'"request_id":{_quote(head.request_id.decode())}{cut}}}'
+        f'"duration_ms":{ms},"request_id":{_quote(head.request_id.decode())}{cut}}}'
     )

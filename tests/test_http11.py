@@ -318,3 +318,18 @@ def test_chunk(data: bytes, encoded: bytes) -> None:
 def test_bad_request_carries_its_status() -> None:
     exc = BadRequest(414, "request target too long")
     assert (exc.status, exc.reason, str(exc)) == (414, "request target too long", exc.reason)
+
+
+def test_memo_is_bounded_and_answers_past_its_bound() -> None:
+    memo: http11.Memo[bool] = http11.Memo(2)
+    for value, valid in [(b"a", True), (b"b", False), (b"c", True)]:
+        memo.put(value, valid)
+    assert (memo.get(b"a"), memo.get(b"b"), memo.get(b"c")) == (True, False, None)
+    assert len(memo.known) == 2
+
+
+def test_host_validity_is_the_same_remembered_or_not() -> None:
+    for _ in range(2):  # the second round answers from the memo
+        assert http11.is_valid_host(b"example.com:8080")
+        assert not http11.is_valid_host(b"exa mple.com")
+        assert not http11.is_valid_host(b"")
