@@ -1,12 +1,15 @@
 """The signed sticky cookie: round trip, rotation, tampering, size, attributes, lookup."""
 
+import base64
 import hashlib
+import hmac
+import random
 import re
 
 import pytest
 from itsdangerous import Signer
 
-from canaryproxy.sticky import MAX_CLOCK_SKEW, CookieCodec, Pool, StickyValue, find_cookie
+from canaryproxy.sticky import MAX_CLOCK_SKEW, CookieCodec, Pool, StickyValue, _Key, find_cookie
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DAY = 86_400.0
@@ -375,3 +378,15 @@ def test_non_ascii_found_value_decodes_to_none() -> None:
 )
 def test_find_cookie_by_name(headers: list[bytes], name: str, expected: str | None) -> None:
     assert find_cookie(headers, name) == expected
+
+
+@pytest.mark.parametrize("length", [0, 1, 31, 32, 33, 63, 64, 65, 128, 200])
+def test_key_signature_is_hmac_sha256(length: int) -> None:
+    # _Key computes HMAC by hand from two keyed SHA-256 states: it must equal the library's.
+    rng = random.Random(length)
+    key = rng.randbytes(length)
+    signer = _Key(key)
+    for size in (0, 1, 18, 64, 65, 300):
+        payload = rng.randbytes(size)
+        expected = base64.urlsafe_b64encode(hmac.digest(key, payload, "sha256")).rstrip(b"=")
+        assert signer.signature(payload) == expected
