@@ -50,7 +50,6 @@ class Observer(Protocol):
     """Who hears about outcomes: the judge, metrics (wired in app.py)."""
 
     def attempt_failed(self, service: str, pool: PoolName, kind: str) -> None: ...
-    def upstream_answered(self, service: str, pool: PoolName, status: int) -> None: ...
     def fallback(self, service: str, wanted: PoolName, served: PoolName) -> None: ...
 
 
@@ -255,4 +254,4 @@ class Director:
                 health.outlier.on_failure(self.monotonic())
             else:
                 health.outlier.on_success(self.monotonic())
-        self.observer.upstream_answered(route.service.name, backend.pool, status)
+        # The observer hears of the answer when the response ends (Recorder.request_done).

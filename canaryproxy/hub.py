@@ -66,9 +66,6 @@ class Hub:
                 pm.upstream_error(kind)
         self._judge(service, pool, True, 0.0)
 
-    def upstream_answered(self, service: str, pool: PoolName, status: int) -> None:
-        """Nothing to do yet: the answer is accounted when the response ends."""
-
     def fallback(self, service: str, wanted: PoolName, served: PoolName) -> None:
         key = (service, f"{wanted}->{served}")
         self.fallbacks[key] = self.fallbacks.get(key, 0) + 1

@@ -33,9 +33,6 @@ class Recorder:
     def attempt_failed(self, service: str, pool: Pool, kind: str) -> None:
         self.failed.append((service, pool, kind))
 
-    def upstream_answered(self, service: str, pool: Pool, status: int) -> None:
-        pass
-
     def fallback(self, service: str, wanted: Pool, served: Pool) -> None:
         self.fallbacks.append((service, wanted, served))
 
