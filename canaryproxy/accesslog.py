@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import IO
 
 FLUSH_INTERVAL = 0.5
 FLUSH_BYTES = 64 * 1024
+
+
+def where_fields(service: str | None, pool: str | None, backend: str | None) -> str:
+    """The ``"service"``, ``"pool"`` and ``"backend"`` members of a line (null when unknown).
+
+    A backend's are built once, when it is configured (``BackendRuntime.log_fields``).
+    """
+    return (
+        f'"service":{_quote(service) if service is not None else "null"},'
+        f'"pool":{_quote(pool) if pool is not None else "null"},'
+        f'"backend":{_quote(backend) if backend is not None else "null"}'
+    )
 
 
 class AccessLog:

@@ -20,9 +20,9 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from canaryproxy.accesslog import where_fields
 from canaryproxy.balancer import SmoothWeightedRoundRobin
 from canaryproxy.health import BackendHealth, is_failure_status
 from canaryproxy.routing import ServiceMatcher, bucket_for_key, decide_pool, service_salt
@@ -68,9 +68,7 @@ class BackendRuntime:
         self.key = f"{host}:{port}"
         self.health: BackendHealth | None = None
         # Its part of an access log line (hub.py), JSON-quoted once instead of per request.
-        self.log_fields = (
-            f'"service":{_quote(service)},"pool":{_quote(pool)},"backend":{_quote(url)}'
-        )
+        self.log_fields = where_fields(service, pool, url)
 
     def __repr__(self) -> str:
         return f"<Backend {self.service}/{self.pool} {self.url}>"

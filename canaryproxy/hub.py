@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import TYPE_CHECKING
 
+from canaryproxy.accesslog import where_fields
 from canaryproxy.metrics import UPSTREAM_ERROR_KINDS, Metrics, PoolMetrics
 
 if TYPE_CHECKING:
@@ -161,10 +162,11 @@ def _access_line(exchange: Exchange, status: int, duration: float, aborted: bool
     if backend is not None and route is not None and backend.pool == route.served:
         where = backend.log_fields  # quoted once, when the backend was configured
     else:
-        service = _quote(route.service.name) if route else "null"
-        pool = _quote(route.served) if route else "null"
-        url = _quote(backend.url) if backend else "null"
-        where = f'"service":{service},"pool":{pool},"backend":{url}'
+        where = where_fields(
+            route.service.name if route else None,
+            route.served if route else None,
+            backend.url if backend else None,
+        )
     cut = ',"aborted":true' if aborted else ""  # the response was cut off, not completed
     # Formatted apart: a format spec in the f-string below would make mypyc build all of
     # it through str.format, at three times the cost.
