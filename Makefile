@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # From scratch: an extension of a module no longer listed must not outlive it.
 $(COMPILED): $(STAMP) setup.py $(wildcard canaryproxy/*.py)
 	rm -rf build canaryproxy/*.so
-	$(BIN)/python setup.py -q build_ext --inplace --force >/dev/null
+	$(BIN)/python setup.py -q build_ext --inplace >/dev/null
 	touch $(COMPILED)
 
 build: $(COMPILED)

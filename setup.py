@@ -2,7 +2,7 @@
 
 Everything else about the package is in pyproject.toml, including the list of compiled
 modules (``[tool.canaryproxy] compiled``). Those run on every request; compiled, they cost
-the proxy less than half the CPU per request (benchmarks/README.md, "Compiled modules").
+the proxy about 40 % less CPU per request (benchmarks/README.md, "Compiled modules").
 Their .py sources stay in the package: with ``CANARYPROXY_COMPILE=0`` at install time
 nothing is compiled (no C compiler needed) and the same code runs interpreted.
 """
