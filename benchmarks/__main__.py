@@ -43,7 +43,7 @@ from benchmarks.proxy_bench import (
 CONNECTIONS = (1, 64)
 KINDS = ("direct", "nginx", "canaryproxy")
 ACCESS_LOG_SINK = "/dev/null"
-# The goals of issue 2 for the engine: throughput at 64 connections, latency at 1.
+# The engine's goals: throughput at 64 connections, latency at 1.
 GOAL_RPS_RATIO = 0.5
 GOAL_ADDED_P50_RATIO = 2.0
 
@@ -340,7 +340,7 @@ def render_ratios(found: list[Ratios]) -> list[str]:
 
 
 def render_goals(judged: list[Goal]) -> list[str]:
-    lines = ["targets (issue 2):"]
+    lines = ["targets (the engine's goals):"]
     for goal in judged:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[goal.met]
         lines.append(f"  {goal.text}: {_num(goal.value, '.2f')} -> {verdict}")

@@ -105,7 +105,7 @@ async def run(canary: bool, access_log: bool, cookie: bool, n: int) -> float:
     down = Downstream(proxy.ctx)
     down.connection_made(FakeTransport(("127.0.0.1", 50000)))  # type: ignore[arg-type]
     conns = []
-    for pool in proxy.pools.values():
+    for pool in proxy.upstreams.values():
         conn = UpstreamConn(pool)
         conn.connection_made(FakeTransport((pool.host, pool.port)))  # type: ignore[arg-type]
         pool.give_back(conn)
@@ -115,7 +115,7 @@ async def run(canary: bool, access_log: bool, cookie: bool, n: int) -> float:
         down.data_received(REQUEST)
         conn = next(c for c in conns if c.exchange is not None)
         conn.data_received(RESPONSE)
-        value = proxy.director.services["web"].codec
+        value = proxy.services.get("web").routing.codec
         assert value is not None
         signed = value.encode("stable", 9000, 0, time.time())
         request = REQUEST[:-2] + b"Cookie: cp_pool=" + signed.encode() + b"\r\n\r\n"

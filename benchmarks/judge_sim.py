@@ -1,4 +1,4 @@
-"""Monte Carlo of the canary's judge against the scenario table of issue 5.
+"""Monte Carlo of the canary's judge: false ejections and time to eject, by scenario.
 
     python -m benchmarks.judge_sim [--runs 1000] [--seed 1] [--healthy-requests 200000]
 
@@ -6,7 +6,7 @@ It drives ``canaryproxy.budget.Judge`` itself, no sockets. Traffic: requests
 arrive evenly at ``RPS`` a second; each is the canary's with probability ``w``
 and an error with its pool's error rate. Only errors move the comparative test,
 so a run draws the gap to the next error (geometric) and hands the successes in
-between to ``Judge.record_successes`` in one call per pool and time bucket (the
+between to ``batch_judge.record_successes`` in one call per pool and time bucket (the
 same outcome as one ``record`` call each; within one such burst stable's
 successes are fed before the canary's). Errors go through ``Judge.record`` one
 by one. Runs stop at an ejection.
@@ -23,6 +23,7 @@ import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from benchmarks.batch_judge import record_successes
 from canaryproxy.budget import BudgetParams, Ejection, Judge, Pool
 
 RPS = 100.0
@@ -76,9 +77,9 @@ class Run:
             t = (self.index + chunk - 1) / RPS
             canary = _binomial(self.rng, chunk, canary_share)
             if canary < chunk:
-                self._note(self.judge.record_successes("stable", chunk - canary, LATENCY, t))
+                self._note(record_successes(self.judge, "stable", chunk - canary, LATENCY, t))
             if canary and self.ejection is None:
-                self._note(self.judge.record_successes("canary", canary, LATENCY, t))
+                self._note(record_successes(self.judge, "canary", canary, LATENCY, t))
             self.canary += canary
             self.index += chunk
             count -= chunk
@@ -149,7 +150,7 @@ What ran (every run has its own seed drawn from --seed; runs stop at an ejection
 - late regression: w=5 %, 100,000 requests at 0.5 %/0.5 %, then the canary at
   10 %; canary requests counted from the regression's start, compared with the
   first row's p95 (runs ejected before the regression are left out and counted).
-Successes between two errors go to Judge.record_successes per pool and time
+Successes between two errors go to batch_judge.record_successes per pool and time
 bucket: the same outcome as one record() each (tests/test_budget.py checks it)."""
 
 

@@ -1,6 +1,6 @@
 """The proxy benchmark: wrk against a backend, nginx as a proxy, and canaryproxy, in one run.
 
-Rules this module keeps (issue 2, "What it must show"):
+Rules this module keeps:
 - one backend for every target: a separate nginx (one worker, no access log) answering a
   100-byte body on two ports, so the 95/5 split of both proxies reaches it on two addresses;
 - the proxy under test runs pinned to one core, the backend and wrk to another, so the

@@ -1,8 +1,9 @@
 """The structured access log: one JSON object per request, one per line.
 
 Lines are buffered and written at most every ``FLUSH_INTERVAL`` seconds or when the buffer
-passes ``FLUSH_BYTES`` (as nginx's ``access_log ... buffer= flush=``), so logging costs one
-``json.dumps`` per request and no syscall.
+passes ``FLUSH_BYTES`` (as nginx's ``access_log ... buffer= flush=``), so a request costs
+no syscall.  A request's line is assembled by hand (``access_line``) from the ``Outcome``
+the engine reports; the rare lines of other kinds go through ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 from json.encoder import encode_basestring as _quote  # C-accelerated
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from canaryproxy.director import BackendRuntime, Outcome
 
 FLUSH_INTERVAL = 0.5
 FLUSH_BYTES = 64 * 1024
@@ -19,7 +23,7 @@ FLUSH_BYTES = 64 * 1024
 def where_fields(service: str | None, pool: str | None, backend: str | None) -> str:
     """The ``"service"``, ``"pool"`` and ``"backend"`` members of a line (null when unknown).
 
-    A backend's are built once, when it is configured (``BackendRuntime.log_fields``).
+    A backend's are built once and remembered (``BackendFields``).
     """
     return (
         f'"service":{_quote(service) if service is not None else "null"},'
@@ -28,9 +32,53 @@ def where_fields(service: str | None, pool: str | None, backend: str | None) -> 
     )
 
 
+class BackendFields:
+    """Each backend's ``where_fields``, quoted once instead of per request (bounded)."""
+
+    __slots__ = ("_known",)
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._known: dict[BackendRuntime, str] = {}
+
+    def of(self, backend: BackendRuntime) -> str:
+        fields = self._known.get(backend)
+        if fields is None:
+            if len(self._known) >= self.LIMIT:  # reloads leave old backends behind
+                self._known.clear()
+            fields = where_fields(backend.service, backend.pool, backend.url)
+            self._known[backend] = fields
+        return fields
+
+
+def access_line(outcome: Outcome, known: BackendFields) -> str:
+    """One JSON object, assembled by hand: a third of what json.dumps of a dict costs."""
+    head = outcome.head
+    route = outcome.route
+    backend = outcome.backend
+    if backend is not None and route is not None and backend.pool == route.served:
+        where = known.of(backend)
+    else:
+        where = where_fields(
+            route.service.name if route else None,
+            route.served if route else None,
+            backend.url if backend else None,
+        )
+    cut = ',"aborted":true' if outcome.aborted else ""  # cut off, not completed
+    # Formatted apart: a format spec in the f-string below would make mypyc build all of
+    # it through str.format, at three times the cost.
+    ms = f"{outcome.duration * 1000:.3f}"
+    return (
+        f'{{"client":{_quote(head.client_ip.decode())},"method":{_quote(head.method.decode())},'
+        f'"path":{_quote(head.path)},"host":{_quote(head.host)},"status":{outcome.status},'
+        f'{where},"duration_ms":{ms},"request_id":{_quote(head.request_id.decode())}{cut}}}'
+    )
+
+
 class AccessLog:
     def __init__(self, stream: IO[str] | None) -> None:
         self.stream = stream
+        self.backend_fields = BackendFields()
         self.lines: list[str] = []
         self.size = 0
         self._handle: asyncio.TimerHandle | None = None

@@ -121,7 +121,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        # An oversized body is a bad request like any other body we refuse (issue 4: 400).
+        # An oversized body is a bad request like any other body we refuse: 400.
         status = 400 if isinstance(exc, web.HTTPRequestEntityTooLarge) else exc.status
         return _error_response(status, _describe(exc, request), _keep_headers(exc))
     except StateError as exc:

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from aiohttp import web
@@ -24,19 +24,17 @@ from prometheus_client import CollectorRegistry
 
 from canaryproxy.accesslog import AccessLog
 from canaryproxy.admin import build_admin_app, set_token
-from canaryproxy.budget import BudgetParams, Judge
-from canaryproxy.config import Config, ConfigError, ServiceConfig, load_config
+from canaryproxy.config import Config, ConfigError, load_config
 from canaryproxy.controller import Controller
-from canaryproxy.director import Director, ServiceRuntime
-from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
-from canaryproxy.hub import Hub
 from canaryproxy.loops import Loops
-from canaryproxy.metrics import Metrics, ServiceSpec
+from canaryproxy.metrics import Metrics
+from canaryproxy.recorder import Recorder
 from canaryproxy.server import ProxyContext, ProxyServer
+from canaryproxy.service import Env, Services
 from canaryproxy.state import RuntimeState
-from canaryproxy.sticky import CookieCodec
 from canaryproxy.store import SqliteStateStore, StateStore
-from canaryproxy.upstream import BackendPool
+from canaryproxy.upstream import ConnectionPool
+from canaryproxy.vocabulary import hostport
 
 log = logging.getLogger("canaryproxy")
 
@@ -65,99 +63,56 @@ class Proxy:
         self.clocks = clocks or Clocks()
         self.loop = asyncio.get_running_loop()
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry, _metric_specs(config), config.metrics.buckets)
+        self.metrics = Metrics(self.registry, config.metrics.buckets)
         self.store = store or SqliteStateStore(config.state.path)
-        weights = {name: s.canary_weight for name, s in config.services.items()}
-        self.state = RuntimeState(self.store, weights, self.clocks.wall)
-        self.secrets = config.sticky.secrets or (secrets.token_urlsafe(32),)
+        self.keeper = RuntimeState(self.store, self.clocks.wall)
         if not config.sticky.secrets:
             log.warning("sticky.secrets not set: using a random secret; cookies end at restart")
-        self.judges: dict[str, Judge] = {}
-        # (service, pool, url) → (its health_check and outlier settings, its health)
-        self.healths: dict[tuple[str, str, str], tuple[tuple[object, object], BackendHealth]] = {}
-        self.pools: dict[str, BackendPool] = {}
+        self.env = Env(
+            keeper=self.keeper,
+            metrics=self.metrics,
+            secrets=config.sticky.secrets or (secrets.token_urlsafe(32),),
+            wall=self.clocks.wall,
+            monotonic=self.clocks.monotonic,
+            rng=self.clocks.rng,
+        )
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))
-        self.hub = Hub(
-            self.metrics, self.state, self.judges, self.access_log, self.clocks.monotonic
-        )
-        self.director = self._build_director(config)
+        self.recorder = Recorder(self.metrics, self.access_log)
+        self.services = Services.build(config, self.env)
+        # Keep-alive connections by backend address, shared by every service that names it.
+        self.upstreams: dict[str, ConnectionPool] = {}
+        self._open_upstreams()
         self.ctx = ProxyContext(
-            self.loop, self.director, self.pools, config.limits, config.trusted_proxies, self.hub
+            self.loop,
+            self.services.director,
+            self.upstreams,
+            config.limits,
+            config.trusted_proxies,
+            self.recorder,
         )
         self.server = ProxyServer(self.ctx)
-        self.controller = Controller(
-            lambda: self.director,
-            self.state,
-            self.judges,
-            self.metrics,
-            self.hub,
-            self.clocks.monotonic,
-        )
+        self.controller = Controller(self.services)
         self.loops = Loops(self.tick, self.clocks.rng)
         self.admin_runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self.proxy_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
 
-    # building --------------------------------------------------------------------------------
-    def _build_director(self, config: Config) -> Director:
-        services = [self._build_service(s, config) for s in config.services.values()]
-        for name in list(self.judges):
-            if name not in config.services:
-                del self.judges[name]
-        return Director(
-            services, self.hub, self.clocks.wall, self.clocks.monotonic, self.clocks.rng.random
-        )
+    def install(self, services: Services) -> None:
+        """The one way a services table takes effect: at start, and swapped whole on reload."""
+        self.services = services
+        self.ctx.director = services.director
+        self.controller.services = services
+        self._open_upstreams()
 
-    def _build_service(self, sc: ServiceConfig, config: Config) -> ServiceRuntime:
-        sticky = config.sticky
-        codec = None
-        if sc.canary is not None:
-            codec = CookieCodec(
-                name=sticky.cookie,
-                secrets=self.secrets,
-                max_age=sticky.max_age,
-                secure=sticky.secure,
-                same_site=sticky.same_site,
-                salt=sc.name,
-            )
-        runtime = ServiceRuntime(sc, self.state.get(sc.name), codec, sticky.mode)
-        for backend in runtime.all_backends():
-            backend.health = self._health(sc, (sc.name, backend.pool, backend.url))
-            if backend.key not in self.pools:
-                self.pools[backend.key] = BackendPool(self.loop, backend.host, backend.port)
-        if sc.canary is not None:
-            self._ensure_judge(sc)
-        else:
-            self.judges.pop(sc.name, None)
-        return runtime
-
-    def _health(self, sc: ServiceConfig, key: tuple[str, str, str]) -> BackendHealth:
-        """A backend's health, kept across reloads unless its settings changed."""
-        settings = (sc.health_check, sc.outlier_detection)
-        known = self.healths.get(key)
-        if known is not None and known[0] == settings:
-            return known[1]
-        hc, od = settings
-        health = BackendHealth(
-            ActiveCheck(hc.rise, hc.fall) if hc else None,
-            OutlierDetector(od.consecutive_failures, od.base_ejection_time, od.max_ejection_time),
-        )
-        self.healths[key] = (settings, health)
-        return health
-
-    def _ensure_judge(self, sc: ServiceConfig) -> None:
-        """The service's judge; a new one (judging afresh) when its error budget changed."""
-        params = BudgetParams.from_config(sc.error_budget)
-        judge = self.judges.get(sc.name)
-        if judge is not None and judge.params == params:
-            return
-        judge = Judge(params, self.clocks.monotonic())
-        state = self.state.get(sc.name)
-        if state.is_ejected:
-            judge.mark_ejected(state.eject_rule or "manual", state.eject_reason or "")
-        self.judges[sc.name] = judge
+    def _open_upstreams(self) -> None:
+        for service in self.services:
+            for backend in service.routing.all_backends():
+                if backend.address not in self.upstreams:
+                    self.upstreams[backend.address] = ConnectionPool(
+                        self.loop, backend.host, backend.port
+                    )
 
     # running ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -176,7 +131,7 @@ class Proxy:
         if cfg.admin.token is None:
             log.warning("admin.token not set: /admin routes answer 403")
         self.tick()
-        await self.loops.start(list(self.director.services.values()))
+        await self.loops.start(self.services)
 
     async def stop(self) -> None:
         """Drain (SPEC: finish in-flight requests within the grace period), flush, close."""
@@ -184,7 +139,7 @@ class Proxy:
         await self.loops.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
-        await self.state.flush()
+        await self.keeper.flush()
         self.access_log.flush()
         stream = self.access_log.stream
         if self.owns_access_log and stream is not None and stream not in (sys.stdout, sys.stderr):
@@ -201,20 +156,7 @@ class Proxy:
 
     def tick(self) -> None:
         """Refresh gauges that follow from time passing (health cool-offs, verdicts)."""
-        now = self.clocks.monotonic()
-        for service in self.director.services.values():
-            state = self.state.get(service.name)
-            self.metrics.set_weight(service.name, state.effective_weight if service.canary else 0)
-            self.metrics.set_ejected(service.name, state.is_ejected)
-            judge = self.judges.get(service.name)
-            verdict = (
-                "ejected"
-                if state.is_ejected
-                else (judge.verdict(now) if judge else "insufficient_samples")
-            )
-            self.metrics.set_verdict(service.name, verdict)
-            for b in service.all_backends():
-                self.metrics.set_backend_healthy(service.name, b.pool, b.url, b.is_routable(now))
+        self.services.refresh()
 
     async def reload(self) -> bool:
         """SIGHUP: swap in a new config; a bad one is refused and the running one stays.
@@ -234,22 +176,19 @@ class Proxy:
             return self._refuse_reload(exc.errors)
         except OSError as exc:
             return self._refuse_reload([f"access_log: cannot open {config.access_log}: {exc}"])
-        self.metrics.update_services(_metric_specs(config))
-        await self.state.flush()  # an ejection being persisted must not be read back stale
-        self.state.load({name: s.canary_weight for name, s in config.services.items()})
+        await self.keeper.flush()  # an ejection being persisted must not be read back stale
         if self.owns_access_log:
             self._swap_access_log(stream)
         self.config = config
         if config.sticky.secrets:  # rotation by SIGHUP: new cookies signed with the new first
-            self.secrets = config.sticky.secrets
+            self.env = replace(self.env, secrets=config.sticky.secrets)
         if self.admin_runner is not None:
             set_token(self.admin_runner.app, config.admin.token)
-        self.director = self._build_director(config)
-        self.ctx.director = self.director
+        self.install(Services.build(config, self.env, self.services))
         self.ctx.limits = config.limits
         self.ctx.trusted_proxies = tuple(config.trusted_proxies)
         await self.loops.stop()
-        await self.loops.start(list(self.director.services.values()))
+        await self.loops.start(self.services)
         self.tick()
         self.metrics.reload(True)
         log.info("config reloaded", extra={"services": list(config.services)})
@@ -308,16 +247,5 @@ def open_access_log(where: str) -> IO[str] | None:
     return open(where, "a", encoding="utf-8", buffering=1 << 16)
 
 
-def _metric_specs(config: Config) -> list[ServiceSpec]:
-    specs: list[ServiceSpec] = []
-    for name, sc in config.services.items():
-        backends = [("stable", b.url) for b in sc.stable.backends]
-        if sc.canary is not None:
-            backends += [("canary", b.url) for b in sc.canary.backends]
-        specs.append((name, backends))
-    return specs
-
-
 def _fmt(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport(*address)

@@ -1,5 +1,5 @@
-"""The canary's judgement: has it burned its error budget? (pure; SPEC.md "Error
-budget and automatic ejection", issue 5).
+"""The canary's judgement: has it burned its error budget? (pure; the README's "Error
+budget and automatic ejection").
 
 No I/O and no clock: every call takes ``now`` (monotonic seconds). The caller says
 what an error is (5xx, connect failure, timeout) and which pool answered. Each
@@ -77,10 +77,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
+from canaryproxy.vocabulary import EjectRule, JudgeRule, Pool, Verdict
 from canaryproxy.window import (
-    BUCKETS,
+    WINDOW_SLOTS,
     PoolWindow,
     format_odds,
     format_percent,
@@ -94,9 +95,6 @@ from canaryproxy.window import (
 
 __all__ = ["BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
 
-Pool = Literal["stable", "canary"]
-Verdict = Literal["insufficient_samples", "healthy", "shared_degradation", "ejected"]
-Rule = Literal["comparative", "backstop"]
 
 RATIOS = (2, 4, 8, 16, 32, 64)
 """Alternatives of the comparative test: the canary's error rate is R x stable's."""
@@ -161,7 +159,7 @@ class BudgetParams:
 class Ejection:
     """A rule fired: ``reason`` is the one-line story, ``evidence`` the numbers."""
 
-    rule: Rule
+    rule: JudgeRule
     reason: str
     evidence: dict[str, object]
 
@@ -171,7 +169,7 @@ class Judge:
 
     def __init__(self, params: BudgetParams, now: float) -> None:
         self.params = params
-        self._width = params.window / BUCKETS
+        self._width = params.window / WINDOW_SLOTS
         self._threshold = math.log(1 / params.alpha)
         self._floor = -2 * self._threshold
         self._slow_limit = math.inf if params.max_p99_latency is None else params.max_p99_latency
@@ -184,15 +182,15 @@ class Judge:
         self._stable = PoolWindow()
         self._canary = PoolWindow()
         self._bucket = int(now // self._width)
-        self._slot = self._bucket % BUCKETS
+        self._slot = self._bucket % WINDOW_SLOTS
         self._bucket_end = (self._bucket + 1) * self._width
-        self._flagged = [False] * BUCKETS  # buckets in which stable itself was degraded
+        self._flagged = [False] * WINDOW_SLOTS  # buckets in which stable itself was degraded
         self._excluded = [0, 0, 0]  # canary requests, errors, slow in flagged buckets
         self._llr = [0.0] * len(RATIOS)
         self._log_odds = 0.0  # ln(½ + 5·⅒)
         self._eta = 0.0
         self._share = math.nan  # w at the last error that updated the test
-        self._ejection: tuple[str, str] | None = None
+        self._ejection: tuple[EjectRule, str] | None = None
 
     # -- recording ---------------------------------------------------------
 
@@ -210,33 +208,6 @@ class Judge:
         if is_error:
             self._update_tests(pool == "canary")
         return self._judge()
-
-    def record_successes(
-        self, pool: Pool, count: int, latency: float, now: float
-    ) -> Ejection | None:
-        """``count`` successful responses at one instant: the same outcome as ``count``
-        calls of ``record(pool, False, latency, now)``, for replays and benchmarks.
-
-        The judge looks only after the responses where a rule can tip (see
-        ``_tipping_points``); in between, every rule moves away from firing.
-        """
-        if count <= 0:
-            return None
-        if now >= self._bucket_end:
-            self._advance(now)
-        canary = pool == "canary"
-        slow, lat_bin = latency > self._slow_limit, latency_bin(latency)
-        done = 0
-        if self._ejection is None:
-            for cut in self._tipping_points(canary, count, slow):
-                self._add(canary, cut - done, 0, slow, lat_bin)
-                done = cut
-                ejection = self._judge()
-                if ejection is not None:
-                    self._add(canary, count - done, 0, slow, lat_bin)
-                    return ejection
-        self._add(canary, count - done, 0, slow, lat_bin)
-        return None
 
     def _add(self, canary: bool, count: int, errors: int, slow: bool, lat_bin: int) -> None:
         slot = self._slot
@@ -263,7 +234,7 @@ class Judge:
         excluded[1] += sign * c.errors[slot]
         excluded[2] += sign * c.slow[slot]
 
-    def mark_ejected(self, rule: str, reason: str) -> None:
+    def mark_ejected(self, rule: EjectRule, reason: str) -> None:
         """Eject by hand, or come back ejected from disk; lasts until ``reset``."""
         self._ejection = (rule, reason)
 
@@ -274,7 +245,7 @@ class Judge:
         return self._ejection is not None
 
     @property
-    def ejected_rule(self) -> str | None:
+    def ejected_rule(self) -> EjectRule | None:
         return None if self._ejection is None else self._ejection[0]
 
     @property
@@ -424,7 +395,7 @@ class Judge:
             f"{format_odds(self._log_odds)} against no-worse-than-stable"
         )
 
-    def _eject(self, rule: Rule, reason: str) -> Ejection:
+    def _eject(self, rule: JudgeRule, reason: str) -> Ejection:
         self._ejection = (rule, reason)
         return Ejection(rule, reason, self._evidence())
 
@@ -452,62 +423,17 @@ class Judge:
     def _advance(self, now: float) -> None:
         """Move to ``now``'s bucket, emptying the ones that left the window."""
         bucket = int(now // self._width)
-        for b in range(self._bucket + 1, min(bucket, self._bucket + BUCKETS) + 1):
-            slot = b % BUCKETS
+        for b in range(self._bucket + 1, min(bucket, self._bucket + WINDOW_SLOTS) + 1):
+            slot = b % WINDOW_SLOTS
             if self._flagged[slot]:
                 self._flip_flag(slot)
             self._stable.clear(slot)
             self._canary.clear(slot)
         self._bucket = max(bucket, self._bucket)
-        self._slot = self._bucket % BUCKETS
+        self._slot = self._bucket % WINDOW_SLOTS
         self._bucket_end = (self._bucket + 1) * self._width
         if self._bucket_end <= now:  # float rounding at a bucket edge
             self._bucket_end = math.nextafter(now, math.inf)
-
-    def _tipping_points(self, canary: bool, count: int, slow: bool) -> list[int]:
-        """Which of ``count`` successes (1-based) the judge must look after.
-
-        Stable successes only lower stable's rates: what they change is where the
-        guard lifts and where the current bucket stops being stable's bad bucket;
-        otherwise the first, if the rules would fire now (a bucket just left).
-        Canary successes leave the guard be; the backstop's error rate only falls
-        once ``min_requests`` is reached and its slow share only rises when the
-        response is slow: the first, the one reaching ``min_requests``, the first
-        that makes more than 1 % slow.
-        """
-        stable, slot = self._stable, self._slot
-        guarded = self._is_stable_degraded()
-        pending = self._log_odds >= self._threshold
-        n, errors, n_slow = self._backstop_counts()
-        if not canary:
-            points = {
-                self._lift_point(stable.n_errors, stable.n, count),
-                self._lift_point(stable.errors[slot], stable.requests[slot], count),
-            }
-            if not guarded and (pending or self._backstop_fires(n, errors, n_slow)):
-                points.add(1)
-        elif guarded:
-            return []
-        elif self._flagged[slot]:  # these successes are not the backstop's
-            points = {1} if pending or self._backstop_fires(n, errors, n_slow) else set()
-        else:
-            points = {self._min_requests - n}
-            if pending or self._backstop_fires(n + 1, errors, n_slow + slow):
-                points.add(1)
-            if slow:  # the first k with 100·(n_slow + k) > n + k
-                points.add(max(self._min_requests - n, (n - 100 * n_slow) // 99 + 1))
-        return sorted(k for k in points if k is not None and 1 <= k <= count)
-
-    def _lift_point(self, errors: int, requests: int, count: int) -> int | None:
-        """The success (1-based, at most ``count``) after which ``_is_degraded`` ends."""
-        if not self._is_degraded(errors, requests) or self._guard <= 0:
-            return None  # not degraded, or a zero guard: degraded while any error stands
-        k = max(1, math.ceil(errors / self._guard) - requests)
-        while k > 1 and not self._is_degraded(errors, requests + k - 1):
-            k -= 1  # float rounding in the division: step back to the first
-        while k <= count and self._is_degraded(errors, requests + k):
-            k += 1
-        return k if k <= count else None
 
 
 def _log_mixture(llr: list[float]) -> float:
@@ -529,5 +455,5 @@ def _rules(p: BudgetParams) -> dict[str, object]:
     }
 
 
-def _ejection_dict(ejection: tuple[str, str] | None) -> dict[str, str] | None:
+def _ejection_dict(ejection: tuple[EjectRule, str] | None) -> dict[str, str] | None:
     return None if ejection is None else {"rule": ejection[0], "reason": ejection[1]}

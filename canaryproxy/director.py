@@ -20,23 +20,21 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from canaryproxy.accesslog import where_fields
 from canaryproxy.balancer import SmoothWeightedRoundRobin
 from canaryproxy.health import BackendHealth, is_failure_status
 from canaryproxy.routing import ServiceMatcher, bucket_for_key, decide_pool, service_salt
 from canaryproxy.sticky import CookieCodec, find_cookie
+from canaryproxy.vocabulary import FailureKind, Mode, Pool, hostport
 
 if TYPE_CHECKING:
     from canaryproxy.config import BackendConfig, ServiceConfig
     from canaryproxy.request import RequestHead
 
-PoolName = Literal["stable", "canary"]
 
-
-class ServiceState(Protocol):
-    """The runtime knobs of one service, owned by state.py."""
+class Knobs(Protocol):
+    """The runtime knobs of one service (weight, ejection, epoch), owned by its Service."""
 
     @property
     def canary_weight(self) -> float: ...
@@ -46,29 +44,36 @@ class ServiceState(Protocol):
     def epoch(self) -> int: ...
 
 
-class Observer(Protocol):
-    """Who hears about outcomes: the judge, metrics (wired in app.py)."""
+class Owner(Protocol):
+    """Who hears how a service's requests went: its Service (judge, metrics, fallbacks)."""
 
-    def attempt_failed(self, service: str, pool: PoolName, kind: str) -> None: ...
-    def fallback(self, service: str, wanted: PoolName, served: PoolName) -> None: ...
+    def attempt_failed(self, pool: Pool, kind: FailureKind) -> None: ...
+    def fallback(self, wanted: Pool, served: Pool) -> None: ...
+    def request_started(self, pool: Pool) -> None: ...
+    def request_done(self, outcome: Outcome) -> None: ...
 
 
 class BackendRuntime:
-    __slots__ = ("health", "host", "key", "log_fields", "pool", "port", "service", "url", "weight")
+    __slots__ = ("address", "health", "host", "pool", "port", "service", "url", "weight")
 
     def __init__(
-        self, service: str, pool: PoolName, url: str, host: str, port: int, weight: int
+        self,
+        service: str,
+        pool: Pool,
+        url: str,
+        host: str,
+        port: int,
+        weight: int,
+        health: BackendHealth | None,
     ) -> None:
         self.service = service
-        self.pool: PoolName = pool
+        self.pool: Pool = pool
         self.url = url
         self.host = host
         self.port = port
         self.weight = weight
-        self.key = f"{host}:{port}"
-        self.health: BackendHealth | None = None
-        # Its part of an access log line (hub.py), JSON-quoted once instead of per request.
-        self.log_fields = where_fields(service, pool, url)
+        self.address = hostport(host, port)  # its connection pool's key; Host when none
+        self.health = health
 
     def __repr__(self) -> str:
         return f"<Backend {self.service}/{self.pool} {self.url}>"
@@ -78,10 +83,12 @@ class BackendRuntime:
 
 
 class PoolRuntime:
+    """The backends of one traffic pool and their round robin."""
+
     __slots__ = ("backends", "name", "rr")
 
-    def __init__(self, name: PoolName, backends: Sequence[BackendRuntime]) -> None:
-        self.name: PoolName = name
+    def __init__(self, name: Pool, backends: Sequence[BackendRuntime]) -> None:
+        self.name: Pool = name
         self.backends = list(backends)
         self.rr = SmoothWeightedRoundRobin([b.weight for b in backends])
 
@@ -91,17 +98,30 @@ class PoolRuntime:
         return None if index is None else backends[index]
 
 
-class ServiceRuntime:
-    """A configured service plus the objects that decide for it."""
+HealthOf = Callable[[Pool, str], "BackendHealth | None"]
+"""A backend's health by (pool, url): kept across reloads by the Service that owns it."""
+
+
+class ServiceRouting:
+    """What routing needs of one configured service: matchers, cookie codec, pools.
+
+    Built by its Service, which owns the knobs it reads and hears what it reports."""
 
     def __init__(
-        self, config: ServiceConfig, state: ServiceState, codec: CookieCodec | None, mode: str
+        self,
+        config: ServiceConfig,
+        knobs: Knobs,
+        owner: Owner,
+        codec: CookieCodec | None,
+        mode: Mode,
+        health_of: HealthOf,
     ) -> None:
         self.name = config.name
         self.config = config
-        self.state = state
+        self.knobs = knobs
+        self.owner = owner
         self.codec = codec
-        self.mode: Literal["session", "cohort"] = "cohort" if mode == "cohort" else "session"
+        self.mode: Mode = mode
         self.salt = service_salt(config.name)
         self.connect_timeout = config.timeouts.connect
         self.response_timeout = config.timeouts.response
@@ -113,19 +133,28 @@ class ServiceRuntime:
             bucket_by.name.lower().encode() if bucket_by and bucket_by.source == "header" else None
         )
         self.key_cookie = bucket_by.name if bucket_by and bucket_by.source == "cookie" else None
-        self.stable = PoolRuntime("stable", self._backends("stable", config.stable.backends))
+        self.stable = PoolRuntime(
+            "stable", self._backends("stable", config.stable.backends, health_of)
+        )
         canary = config.canary
         self.canary = (
-            PoolRuntime("canary", self._backends("canary", canary.backends)) if canary else None
+            PoolRuntime("canary", self._backends("canary", canary.backends, health_of))
+            if canary
+            else None
         )
 
-    def _backends(self, pool: PoolName, configs: Sequence[BackendConfig]) -> list[BackendRuntime]:
-        return [BackendRuntime(self.name, pool, b.url, b.host, b.port, b.weight) for b in configs]
+    def _backends(
+        self, pool: Pool, configs: Sequence[BackendConfig], health_of: HealthOf
+    ) -> list[BackendRuntime]:
+        return [
+            BackendRuntime(self.name, pool, b.url, b.host, b.port, b.weight, health_of(pool, b.url))
+            for b in configs
+        ]
 
     def all_backends(self) -> list[BackendRuntime]:
         return self.stable.backends + (self.canary.backends if self.canary else [])
 
-    def pool(self, name: PoolName) -> PoolRuntime | None:
+    def pool(self, name: Pool) -> PoolRuntime | None:
         return self.stable if name == "stable" else self.canary
 
 
@@ -134,12 +163,10 @@ class Route:
 
     __slots__ = ("decided", "served", "service", "set_cookie", "tried")
 
-    def __init__(
-        self, service: ServiceRuntime, decided: PoolName, set_cookie: bytes | None
-    ) -> None:
+    def __init__(self, service: ServiceRouting, decided: Pool, set_cookie: bytes | None) -> None:
         self.service = service
-        self.decided: PoolName = decided
-        self.served: PoolName = decided
+        self.decided: Pool = decided
+        self.served: Pool = decided
         self.set_cookie = set_cookie
         self.tried: list[BackendRuntime] = []
 
@@ -147,35 +174,75 @@ class Route:
         return f"<Route {self.service.name} decided={self.decided} served={self.served}>"
 
 
+class Outcome:
+    """How one request ended, as the engine reports it: what the recorder gets.
+
+    ``route`` is None for a request no service matched; ``backend`` is the last one tried;
+    ``is_local`` when the proxy answered itself (404, 502, 503, 504); ``answered`` when a
+    backend's response reached the client; ``aborted`` when the response was cut off.
+    """
+
+    __slots__ = (
+        "aborted",
+        "answered",
+        "backend",
+        "duration",
+        "head",
+        "is_local",
+        "route",
+        "status",
+    )
+
+    def __init__(
+        self,
+        head: RequestHead,
+        route: Route | None,
+        backend: BackendRuntime | None,
+        status: int,
+        duration: float,
+        *,
+        is_local: bool,
+        answered: bool,
+        aborted: bool,
+    ) -> None:
+        self.head = head
+        self.route = route
+        self.backend = backend
+        self.status = status
+        self.duration = duration
+        self.is_local = is_local
+        self.answered = answered
+        self.aborted = aborted
+
+    def __repr__(self) -> str:
+        return f"<Outcome {self.status} {self.route!r} local={self.is_local}>"
+
+
 class Director:
     def __init__(
         self,
-        services: Sequence[ServiceRuntime],
-        observer: Observer,
+        services: Sequence[ServiceRouting],
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         rng: Callable[[], float],
     ) -> None:
-        self.services = {s.name: s for s in services}
-        self.matcher = ServiceMatcher(
-            [(s.name, s.config.match.hosts, s.config.match.path_prefix) for s in services]
+        self.matcher = ServiceMatcher[ServiceRouting](
+            [(s, s.config.match.hosts, s.config.match.path_prefix) for s in services]
         )
-        self.observer = observer
         self.clock = clock
         self.monotonic = monotonic
         self.rng = rng
 
     def route(self, head: RequestHead) -> Route | None:
-        name = self.matcher.match(head.host, head.path)
-        if name is None:
+        service = self.matcher.match(head.host, head.path)
+        if service is None:
             return None
-        service = self.services[name]
         if service.canary is None or service.codec is None:
             return Route(service, "stable", None)
         return self._route_canary(service, service.codec, head)
 
     def _route_canary(
-        self, service: ServiceRuntime, codec: CookieCodec, head: RequestHead
+        self, service: ServiceRouting, codec: CookieCodec, head: RequestHead
     ) -> Route:
         cookies: list[bytes] = []
         override = key = None
@@ -191,7 +258,7 @@ class Director:
         sticky = codec.decode(raw, now) if raw is not None else None
         if service.key_cookie is not None and cookies:
             key = find_cookie(cookies, service.key_cookie)
-        state = service.state
+        state = service.knobs
         decision = decide_pool(
             canary_weight=state.canary_weight,
             has_canary=True,
@@ -225,25 +292,26 @@ class Director:
             route.tried.append(backend)
         return backend
 
-    def _fallback_pool(self, route: Route, service: ServiceRuntime) -> PoolRuntime | None:
+    def _fallback_pool(self, route: Route, service: ServiceRouting) -> PoolRuntime | None:
         if route.served == "canary":
             return service.stable
-        if route.tried or service.canary is None or service.state.is_ejected:
+        if route.tried or service.canary is None or service.knobs.is_ejected:
             return None  # a stable connect failure retries within stable only
         return service.canary
 
-    def _fell_back(self, route: Route, to: PoolName) -> None:
+    def _fell_back(self, route: Route, to: Pool) -> None:
         wanted = route.served
         route.served = to
-        self.observer.fallback(route.service.name, wanted, to)
+        owner = route.service.owner
+        owner.fallback(wanted, to)
         if wanted == "canary" and not route.tried:
-            # Pinned canary users served by stable: the canary is charged (SPEC "Routing").
-            self.observer.attempt_failed(route.service.name, "canary", "unavailable")
+            # Pinned canary users served by stable: the canary is charged (see "Routing").
+            owner.attempt_failed("canary", "unavailable")
 
-    def attempt_failed(self, route: Route, backend: BackendRuntime, kind: str) -> None:
+    def attempt_failed(self, route: Route, backend: BackendRuntime, kind: FailureKind) -> None:
         if backend.health is not None:
             backend.health.outlier.on_failure(self.monotonic())
-        self.observer.attempt_failed(route.service.name, backend.pool, kind)
+        route.service.owner.attempt_failed(backend.pool, kind)
 
     def upstream_answered(self, route: Route, backend: BackendRuntime, status: int) -> None:
         health = backend.health
@@ -252,4 +320,4 @@ class Director:
                 health.outlier.on_failure(self.monotonic())
             else:
                 health.outlier.on_success(self.monotonic())
-        # The observer hears of the answer when the response ends (Recorder.request_done).
+        # The owner hears of the answer when the response ends (the recorder's Outcome).

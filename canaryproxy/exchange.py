@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from canaryproxy import http11
+from canaryproxy.director import Outcome
 from canaryproxy.http11 import LAST_CHUNK, VIA, Headers, chunk
 from canaryproxy.request import CHUNKED_BODY, NO_BODY, RequestHead, upstream_head
+from canaryproxy.vocabulary import FailureKind
 
 if TYPE_CHECKING:
     from canaryproxy.director import BackendRuntime, Route
@@ -44,6 +46,7 @@ class Exchange:
         "backend",
         "body_buffer",
         "body_buffered",
+        "client_paused_at",
         "conn",
         "connect_failures",
         "ctx",
@@ -94,6 +97,7 @@ class Exchange:
         self.upstream_head = b""
         self.sent_at = 0.0  # when a body that streamed to an attached upstream ended
         self.send_paused_at = 0.0  # since when the upstream has not taken our body bytes
+        self.client_paused_at = 0.0  # since when the client has not taken our response bytes
         self._connect_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -131,8 +135,7 @@ class Exchange:
                 self.respond_locally(503, "no healthy backend")
             return
         self.backend = backend
-        pool = self.ctx.pools[backend.key]
-        conn = pool.take_idle()
+        conn = self.ctx.upstreams[backend.address].take_idle()
         if conn is not None:
             self._send(conn)
         else:
@@ -141,12 +144,13 @@ class Exchange:
     async def _connect(self, backend: BackendRuntime) -> None:
         assert self.route is not None
         try:
-            conn = await self.ctx.pools[backend.key].connect(self.route.service.connect_timeout)
+            upstream = self.ctx.upstreams[backend.address]
+            conn = await upstream.connect(self.route.service.connect_timeout)
         except (OSError, TimeoutError) as exc:
             self._connect_task = None
             if self.is_done:
                 return
-            kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
+            kind: FailureKind = "timeout" if isinstance(exc, TimeoutError) else "connect"
             self.ctx.director.attempt_failed(self.route, backend, kind)
             self.connect_failures += 1
             if self.connect_failures >= 2:
@@ -170,7 +174,8 @@ class Exchange:
         else:
             # HTTP/1.0 without Host: HTTP/1.1 upstream needs one; name the backend (as nginx).
             assert self.backend is not None
-            conn.write(self.upstream_head[:-2] + b"Host: %b\r\n\r\n" % self.backend.key.encode())
+            host = self.backend.address.encode()
+            conn.write(self.upstream_head[:-2] + b"Host: %b\r\n\r\n" % host)
         if self.body_buffer:
             conn.write(b"".join(self.body_buffer))
             self.body_buffer = []
@@ -213,6 +218,28 @@ class Exchange:
     def resume_request_body(self) -> None:
         self.send_paused_at = 0.0
         self.down.set_body_paused(False)
+
+    # backpressure between the two sides: each side calls the exchange, never the other --------
+    def client_write_paused(self, now: float) -> None:
+        """The client's write buffer is full: stop reading the backend until it drains; a
+        client that stops reading for ``body_timeout`` is cut off (``check_deadlines``)."""
+        self.client_paused_at = now
+        conn = self.conn
+        if conn is not None:
+            conn.pause_reading()
+            conn.watch(now + self.ctx.limits.body_timeout)
+
+    def client_write_resumed(self) -> None:
+        self.client_paused_at = 0.0
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def cork_client(self) -> bool:
+        """Collect what goes to the client until ``uncork_client``: one send per read."""
+        return self.down.cork()
+
+    def uncork_client(self) -> None:
+        self.down.uncork()
 
     # response: head, body, end ---------------------------------------------------------------
     def on_response_head(self, status: int, conn: UpstreamConn) -> None:
@@ -327,7 +354,7 @@ class Exchange:
             self.down.write(LAST_CHUNK)
         self._finish(self.status, keep_alive=not self.resp_close and self.req_done)
 
-    def upstream_failed(self, kind: str, message: str) -> None:
+    def upstream_failed(self, kind: FailureKind, message: str) -> None:
         """Garbage, an oversized head, or a framing error from the backend."""
         if self.is_done:
             return
@@ -349,10 +376,10 @@ class Exchange:
         assert self.route is not None
         timeout = self.route.service.response_timeout
         if self.resp_started:
-            if self.down.is_write_paused:
+            if self.client_paused_at:
                 # The client is the slow side; one that stops reading altogether for
                 # body_timeout is cut off (nginx's send_timeout), charged to no pool.
-                due = self.down.write_paused_at + self.down.limits.body_timeout
+                due = self.client_paused_at + self.ctx.limits.body_timeout
                 if now >= due:
                     self._drop_conn()
                     self.down.abort()
@@ -375,7 +402,7 @@ class Exchange:
             return None
         return due
 
-    def _fail(self, status: int, kind: str, message: str) -> None:
+    def _fail(self, status: int, kind: FailureKind, message: str) -> None:
         """Answer the client ourselves after an upstream error charged to the backend."""
         assert self.route is not None
         assert self.backend is not None
@@ -383,7 +410,7 @@ class Exchange:
         self._drop_conn()
         self.respond_locally(status, message)
 
-    def _abort_midbody(self, kind: str) -> None:
+    def _abort_midbody(self, kind: FailureKind) -> None:
         assert self.route is not None
         assert self.backend is not None
         self.ctx.director.attempt_failed(self.route, self.backend, kind)
@@ -461,8 +488,17 @@ class Exchange:
             self.down.exchange_finished(self, keep_alive)
 
     def _record(self, status: int, aborted: bool) -> None:
-        duration = time.monotonic() - self.head.started
-        self.ctx.record(self, status, duration, aborted)
+        outcome = Outcome(
+            self.head,
+            self.route,
+            self.backend,
+            status,
+            time.monotonic() - self.head.started,
+            is_local=self.is_local,
+            answered=self.resp_started and not self.is_local,
+            aborted=aborted,
+        )
+        self.ctx.recorder.request_done(outcome)
 
     def client_failed(self, status: int, reason: str) -> None:
         """The request body will not complete (the client stalled or broke its framing):

@@ -40,6 +40,7 @@ caller owns the clock and the probe loop.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 __all__ = [
     "ActiveCheck",
@@ -47,6 +48,7 @@ __all__ = [
     "OutlierDetector",
     "is_check_success",
     "is_failure_status",
+    "iso_utc",
     "next_check_delay",
 ]
 
@@ -59,6 +61,12 @@ def next_check_delay(interval: float, rng: Callable[[], float]) -> float:
     if interval <= 0:
         raise ValueError(f"interval must be > 0, got {interval}")
     return interval * (1.0 - JITTER + 2.0 * JITTER * rng())
+
+
+def iso_utc(unix_seconds: float) -> str:
+    """``2026-12-02T23:51:08.120Z``: a wall-clock time any client can read."""
+    moment = datetime.fromtimestamp(unix_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def is_check_success(status: int) -> bool:
@@ -74,7 +82,7 @@ def is_failure_status(status: int) -> bool:
 class ActiveCheck:
     """rise/fall hysteresis for one backend, fed with probe results."""
 
-    __slots__ = ("_fall", "_healthy", "_rise", "_streak")
+    __slots__ = ("_fall", "_healthy", "_last_error", "_rise", "_streak")
 
     def __init__(self, rise: int, fall: int, healthy: bool = True) -> None:
         if rise < 1:
@@ -86,6 +94,7 @@ class ActiveCheck:
         self._healthy = healthy
         # Consecutive results that disagree with the current state.
         self._streak = 0
+        self._last_error: str | None = None
 
     @property
     def is_healthy(self) -> bool:
@@ -96,8 +105,15 @@ class ActiveCheck:
         """Consecutive results so far against the current state."""
         return self._streak
 
-    def observe(self, ok: bool) -> bool:
+    @property
+    def last_error(self) -> str | None:
+        """What the latest failed probe said (kept after later successes), None if none."""
+        return self._last_error
+
+    def observe(self, ok: bool, detail: str = "") -> bool:
         """Record one probe result; True when it flipped the healthy state."""
+        if not ok:
+            self._last_error = detail or "probe failed"
         if ok == self._healthy:
             self._streak = 0
             return False
@@ -220,6 +236,27 @@ class BackendHealth:
     @property
     def outlier(self) -> OutlierDetector:
         return self._outlier
+
+    def describe(self, now: float, wall: float) -> dict[str, object]:
+        """JSON-able health for STATE: ``now`` is monotonic, ``wall`` the same instant as
+        Unix time, so an ejection's end is shown as a wall-clock ISO 8601 UTC time."""
+        check, outlier = self._check, self._outlier
+        until = outlier.ejected_until if outlier.is_ejected(now) else None
+        return {
+            "healthy": self.is_routable(now),
+            "active": None
+            if check is None
+            else {
+                "healthy": check.is_healthy,
+                "streak": check.streak,
+                "last_error": check.last_error,
+            },
+            "outlier": {
+                "ejected": until is not None,
+                "until": None if until is None else iso_utc(wall + (until - now)),
+                "ejections": outlier.ejection_count,
+            },
+        }
 
     def is_routable(self, now: float) -> bool:
         """Healthy by the active check (if any) and not ejected; called per request."""

@@ -49,7 +49,6 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 # "$" also matches before a trailing newline.
 _HOST_RE = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{0,5})?\Z")
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,200}\Z")
-_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNKED_RE = re.compile(rb"^\s*chunked\s*$", re.IGNORECASE)
 # RFC 9112 §3: method (a token) SP request-target SP HTTP-version CRLF; empty lines before it
 # are ignored (§2.2).
@@ -140,10 +139,6 @@ def is_valid_host(value: bytes) -> bool:
 
 def is_valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID_RE.match(value) is not None
-
-
-def has_control_chars(value: bytes) -> bool:
-    return _CTL_RE.search(value) is not None
 
 
 def is_chunked(value: bytes) -> bool:

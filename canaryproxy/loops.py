@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 import aiohttp
 
 from canaryproxy.config import HealthCheckConfig
-from canaryproxy.director import BackendRuntime, ServiceRuntime
+from canaryproxy.director import BackendRuntime
 from canaryproxy.health import ActiveCheck, is_check_success, next_check_delay
+from canaryproxy.service import Service
 
 log = logging.getLogger("canaryproxy.health")
 
@@ -28,7 +29,7 @@ class Loops:
         self.tasks: list[asyncio.Task[None]] = []
         self.session: aiohttp.ClientSession | None = None
 
-    async def start(self, services: Sequence[ServiceRuntime]) -> None:
+    async def start(self, services: Iterable[Service]) -> None:
         if self.session is None:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True), auto_decompress=False
@@ -39,7 +40,7 @@ class Loops:
             hc = service.config.health_check
             if hc is None:
                 continue
-            for backend in service.all_backends():
+            for backend in service.routing.all_backends():
                 if backend.health is not None and backend.health.check is not None:
                     task = self._probe_loop(service.name, backend, backend.health.check, hc)
                     self.tasks.append(loop.create_task(task))
@@ -68,11 +69,11 @@ class Loops:
         self, service: str, backend: BackendRuntime, check: ActiveCheck, hc: HealthCheckConfig
     ) -> None:
         interval, timeout = hc.interval, hc.timeout
-        url = f"http://{backend.host}:{backend.port}{hc.path}"
+        url = f"http://{backend.address}{hc.path}"  # an IPv6 literal in brackets
         await asyncio.sleep(self.rng.random() * min(interval, 1.0))  # spread the first probes
         while True:
             ok, detail = await self._probe(url, timeout)
-            if check.observe(ok):
+            if check.observe(ok, detail):
                 state = "up" if check.is_healthy else "down"
                 log.warning(
                     f"backend {state}",

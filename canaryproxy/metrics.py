@@ -38,26 +38,28 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = [
-    "ATTEMPT_OUTCOMES",
-    "EJECTION_RULES",
-    "UPSTREAM_ERROR_KINDS",
-    "VERDICTS",
-    "Metrics",
-    "PoolMetrics",
-    "ServiceSpec",
-]
+from canaryproxy.vocabulary import (
+    ATTEMPT_OUTCOMES,
+    EJECT_RULES,
+    POOLS,
+    UPSTREAM_ERROR_KINDS,
+    VERDICTS,
+    AttemptOutcome,
+    EjectRule,
+    FailureKind,
+    Pool,
+    Verdict,
+    require,
+)
 
-UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
-EJECTION_RULES = ("comparative", "backstop", "manual")
-VERDICTS = ("insufficient_samples", "healthy", "shared_degradation", "ejected")
-# Extra: every attempt at a backend. "ok" got a response, "retried" failed and the request was
-# sent again elsewhere, "failed" failed and was the last try. Final responses are in
-# canaryproxy_requests_total; this counts the tries behind them.
-ATTEMPT_OUTCOMES = ("ok", "retried", "failed")
+__all__ = ["Metrics", "PoolMetrics", "ServiceMetrics"]
 
-# (service name, [(pool, backend url), ...]) — the label values the config allows.
-ServiceSpec = tuple[str, Sequence[tuple[str, str]]]
+# Extra: canaryproxy_upstream_attempts_total counts every attempt at a backend by
+# vocabulary.ATTEMPT_OUTCOMES. Final responses are in canaryproxy_requests_total; this counts
+# the tries behind them.
+
+BackendLabels = Sequence[tuple[Pool, str]]
+"""A service's (pool, backend url) pairs: the label values its config allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,7 @@ class PoolMetrics:
         "in_flight",
     )
 
-    def __init__(self, fam: _Families, service: str, pool: str, bounds: Sequence[float]) -> None:
+    def __init__(self, fam: _Families, service: str, pool: Pool, bounds: Sequence[float]) -> None:
         self._fam = fam
         self._key = (service, pool)
         self._bounds = tuple(bounds)
@@ -185,7 +187,7 @@ class PoolMetrics:
         self._errors = {
             k: fam.upstream_errors.labels(service, pool, k) for k in UPSTREAM_ERROR_KINDS
         }
-        self.attempts = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
+        self.attempts: dict[str, int] = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
         self.created = time.time()  # the counters' _created series, as prometheus-client's
         self.in_flight = Level()
 
@@ -203,21 +205,22 @@ class PoolMetrics:
         self.buckets[bisect_left(self._bounds, duration)] += 1  # le is inclusive
         self.duration_sum += duration
 
-    def upstream_error(self, kind: str) -> None:
+    def upstream_error(self, kind: FailureKind) -> None:
         """One failed attempt at a backend of this pool (`kind` in UPSTREAM_ERROR_KINDS)."""
         try:
             self._errors[kind].inc()
         except KeyError:
-            raise ValueError(_unknown(kind, UPSTREAM_ERROR_KINDS, "kind")) from None
+            require(kind, UPSTREAM_ERROR_KINDS, "upstream error kind")
+            raise
 
-    def attempt(self, outcome: str) -> None:
+    def attempt(self, outcome: AttemptOutcome) -> None:
         """One attempt at a backend of this pool (`outcome` in ATTEMPT_OUTCOMES)."""
         attempts = self.attempts
         if outcome not in attempts:
-            raise ValueError(_unknown(outcome, ATTEMPT_OUTCOMES, "outcome"))
+            require(outcome, ATTEMPT_OUTCOMES, "attempt outcome")
         attempts[outcome] += 1
 
-    def _remove(self) -> None:
+    def remove(self) -> None:
         """Drop this pool's registry series (its service or pool left the config)."""
         fam, key = self._fam, self._key
         for kind in self._errors:
@@ -231,8 +234,8 @@ class _RequestCollector:
     third-party classes as Any (setup.py), and a native class cannot extend one.
     """
 
-    def __init__(self, pools: dict[tuple[str, str], PoolMetrics], bounds: Sequence[float]) -> None:
-        self.pools = pools
+    def __init__(self, services: list[ServiceMetrics], bounds: Sequence[float]) -> None:
+        self.services = services  # Metrics' list of live services, kept up to date by it
         go_float = cast(Callable[[float], str], floatToGoString)  # untyped upstream
         self.les = [go_float(b) for b in bounds] + ["+Inf"]
 
@@ -256,139 +259,154 @@ class _RequestCollector:
             "Attempts at a backend, retries included: ok, retried (failed, sent again), failed.",
             labels=[*sp, "outcome"],
         )
-        for (service, pool), pm in list(self.pools.items()):
-            for code, count in sorted(pm.codes.items()):
-                requests.add_metric([service, pool, str(code)], count)
-            cumulative = list(accumulate(pm.buckets))
-            duration.add_metric(
-                [service, pool], list(zip(self.les, cumulative, strict=True)), pm.duration_sum
-            )
-            in_flight.add_metric([service, pool], pm.in_flight.value)
-            for outcome, count in pm.attempts.items():
-                attempts.add_metric([service, pool, outcome], count, created=pm.created)
+        for sm in list(self.services):
+            for pool, pm in list(sm.pools.items()):
+                labels = [sm.name, pool]
+                for code, count in sorted(pm.codes.items()):
+                    requests.add_metric([*labels, str(code)], count)
+                cumulative = list(accumulate(pm.buckets))
+                duration.add_metric(
+                    labels, list(zip(self.les, cumulative, strict=True)), pm.duration_sum
+                )
+                in_flight.add_metric(labels, pm.in_flight.value)
+                for outcome, count in pm.attempts.items():
+                    attempts.add_metric([*labels, outcome], count, created=pm.created)
         yield requests
         yield duration
         yield in_flight
         yield attempts
 
 
-class _ServiceMetrics:
-    """Per-service children, resolved once."""
+class ServiceMetrics:
+    """One service's series: its pools' recorders, its gauges, its backends' health.
 
-    __slots__ = ("aborts", "ejected", "ejections", "verdicts", "weight")
+    Owned by the service's runtime object; kept across reloads while the service stays (so
+    requests in flight record into the same series), removed when it leaves the config.
+    """
 
-    def __init__(self, fam: _Families, service: str) -> None:
-        self.weight: Gauge = fam.canary_weight.labels(service)
-        self.ejected: Gauge = fam.canary_ejected.labels(service)
-        self.ejections = {r: fam.ejections.labels(service, r) for r in EJECTION_RULES}
-        self.verdicts = {v: fam.verdict.labels(service, v) for v in VERDICTS}
+    __slots__ = (
+        "_backends",
+        "_fam",
+        "_metrics",
+        "aborts",
+        "ejected",
+        "ejections",
+        "name",
+        "pools",
+        "verdicts",
+        "weight",
+    )
+
+    def __init__(self, metrics: Metrics, name: str, backends: BackendLabels) -> None:
+        fam = metrics.families
+        self._metrics = metrics
+        self._fam = fam
+        self.name = name
+        self.weight: Gauge = fam.canary_weight.labels(name)
+        self.ejected: Gauge = fam.canary_ejected.labels(name)
+        self.ejections = {r: fam.ejections.labels(name, r) for r in EJECT_RULES}
+        self.verdicts = {v: fam.verdict.labels(name, v) for v in VERDICTS}
         # A service starts with no samples; keeps "exactly one verdict is 1" true from the start.
         self.verdicts["insufficient_samples"].set(1)
-        self.aborts: Counter = fam.client_aborts.labels(service)
+        self.aborts: Counter = fam.client_aborts.labels(name)
+        self.pools: dict[Pool, PoolMetrics] = {}
+        self._backends: dict[tuple[Pool, str], Gauge] = {}
+        self.update(backends)
+
+    def __repr__(self) -> str:
+        return f"ServiceMetrics({self.name!r}, pools={sorted(self.pools)})"
+
+    def update(self, backends: BackendLabels) -> None:
+        """Match the series to a (re)loaded config: add what is new, drop what is gone.
+
+        Backends start healthy (1) until told otherwise."""
+        wanted_pools = {pool for pool, _ in backends}
+        wanted = set(backends)
+        for pool in [p for p in self.pools if p not in wanted_pools]:
+            self.pools.pop(pool).remove()
+        for key in [k for k in self._backends if k not in wanted]:
+            del self._backends[key]
+            self._fam.backend_healthy.remove(self.name, *key)
+        for pool in POOLS:
+            if pool in wanted_pools and pool not in self.pools:
+                self.pools[pool] = PoolMetrics(self._fam, self.name, pool, self._metrics.bounds)
+        for key in backends:
+            if key not in self._backends:
+                self._backends[key] = gauge = self._fam.backend_healthy.labels(self.name, *key)
+                gauge.set(1)
+
+    def remove(self) -> None:
+        """The service left the config: drop its series."""
+        self.update(())
+        self._metrics.forget(self)
+        fam, name = self._fam, self.name
+        for gauge in (fam.canary_weight, fam.canary_ejected, fam.client_aborts):
+            gauge.remove(name)
+        for rule in EJECT_RULES:
+            fam.ejections.remove(name, rule)
+        for verdict in VERDICTS:
+            fam.verdict.remove(name, verdict)
+
+    def pool(self, pool: Pool) -> PoolMetrics:
+        """The recorder for one pool; KeyError if the config has no such pool."""
+        return self.pools[pool]
+
+    def set_weight(self, weight: float) -> None:
+        """The effective canary weight in percent (the caller passes 0 while ejected)."""
+        self.weight.set(weight)
+
+    def set_ejected(self, ejected: bool) -> None:
+        self.ejected.set(1 if ejected else 0)
+
+    def count_ejection(self, rule: EjectRule) -> None:
+        self.ejections[require(rule, EJECT_RULES, "ejection rule")].inc()
+
+    def set_verdict(self, verdict: Verdict) -> None:
+        require(verdict, VERDICTS, "verdict")
+        for name, child in self.verdicts.items():
+            child.set(1 if name == verdict else 0)
+
+    def set_backend_healthy(self, pool: Pool, backend: str, healthy: bool) -> None:
+        self._backends[(pool, backend)].set(1 if healthy else 0)
+
+    def client_abort(self) -> None:
+        """One request whose client went away before the answer (499; charged to no pool)."""
+        self.aborts.inc()
 
 
 class Metrics:
     """Every canaryproxy metric, registered on `registry` (never the global one)."""
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        services: Sequence[ServiceSpec],
-        buckets: Sequence[float],
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
         self._registry = registry
-        self._fam = _families(registry)
-        self._bounds = tuple(buckets)
-        self._services: dict[str, _ServiceMetrics] = {}
-        self._pools: dict[tuple[str, str], PoolMetrics] = {}
-        self._backends: dict[tuple[str, str, str], Gauge] = {}
+        self.families = _families(registry)
+        self.bounds = tuple(buckets)
+        self._live: list[ServiceMetrics] = []
         self._rejected: dict[int, Counter] = {}
-        self._reloads = {r: self._fam.reloads.labels(r) for r in ("ok", "failed")}
+        self._reloads = {r: self.families.reloads.labels(r) for r in ("ok", "failed")}
         # collect() is all a registry asks of a collector (describe() is optional).
-        registry.register(cast(Collector, _RequestCollector(self._pools, self._bounds)))
+        registry.register(cast(Collector, _RequestCollector(self._live, self.bounds)))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        self.update_services(services)
 
-    def update_services(self, services: Sequence[ServiceSpec]) -> None:
-        """Match the series to a (re)loaded config: add what is new, drop what is gone.
+    def service(self, name: str, backends: BackendLabels) -> ServiceMetrics:
+        """The series of a service new to the config (``ServiceMetrics.update`` on reload)."""
+        sm = ServiceMetrics(self, name, backends)
+        self._live.append(sm)
+        return sm
 
-        Objects for services and pools that stay are kept, so requests in flight across a
-        reload record into the same series. Backends start healthy (1) until told otherwise.
-        """
-        wanted_pools = {(name, pool) for name, backends in services for pool, _ in backends}
-        wanted_backends = {
-            (name, pool, url) for name, backends in services for pool, url in backends
-        }
-        self._drop_gone(wanted_pools, wanted_backends, {name for name, _ in services})
-        for name, _ in services:
-            if name not in self._services:
-                self._services[name] = _ServiceMetrics(self._fam, name)
-        for key in wanted_pools - self._pools.keys():
-            self._pools[key] = PoolMetrics(self._fam, *key, self._bounds)
-        for bkey in wanted_backends - self._backends.keys():
-            self._backends[bkey] = self._fam.backend_healthy.labels(*bkey)
-            self._backends[bkey].set(1)
-
-    def _drop_gone(
-        self,
-        pools: set[tuple[str, str]],
-        backends: set[tuple[str, str, str]],
-        services: set[str],
-    ) -> None:
-        for key in self._pools.keys() - pools:
-            self._pools.pop(key)._remove()
-        for bkey in self._backends.keys() - backends:
-            del self._backends[bkey]
-            self._fam.backend_healthy.remove(*bkey)
-        for name in self._services.keys() - services:
-            del self._services[name]
-            self._remove_service(name)
-
-    def _remove_service(self, name: str) -> None:
-        fam = self._fam
-        for gauge in (fam.canary_weight, fam.canary_ejected, fam.client_aborts):
-            gauge.remove(name)
-        for rule in EJECTION_RULES:
-            fam.ejections.remove(name, rule)
-        for verdict in VERDICTS:
-            fam.verdict.remove(name, verdict)
-
-    def pool(self, service: str, pool: str) -> PoolMetrics:
-        """The recorder for one pool; KeyError if the config has no such pool."""
-        return self._pools[(service, pool)]
-
-    def set_weight(self, service: str, weight: float) -> None:
-        """The effective canary weight in percent (the caller passes 0 while ejected)."""
-        self._services[service].weight.set(weight)
-
-    def set_ejected(self, service: str, ejected: bool) -> None:
-        self._services[service].ejected.set(1 if ejected else 0)
-
-    def count_ejection(self, service: str, rule: str) -> None:
-        self._services[service].ejections[_known(rule, EJECTION_RULES, "rule")].inc()
-
-    def set_verdict(self, service: str, verdict: str) -> None:
-        children = self._services[service].verdicts
-        _known(verdict, VERDICTS, "verdict")
-        for name, child in children.items():
-            child.set(1 if name == verdict else 0)
-
-    def set_backend_healthy(self, service: str, pool: str, backend: str, healthy: bool) -> None:
-        self._backends[(service, pool, backend)].set(1 if healthy else 0)
+    def forget(self, sm: ServiceMetrics) -> None:
+        if sm in self._live:
+            self._live.remove(sm)
 
     def rejected(self, code: int) -> None:
         """One malformed request the proxy answered itself with `code` (400–599)."""
         child = self._rejected.get(code)
         if child is None:
-            child = self._fam.rejected.labels(_status_label(code, 400, 599))
+            child = self.families.rejected.labels(_status_label(code, 400, 599))
             self._rejected[code] = child
         child.inc()
-
-    def client_abort(self, service: str) -> None:
-        """One request whose client went away before the answer (499; charged to no pool)."""
-        self._services[service].aborts.inc()
 
     def reload(self, ok: bool) -> None:
         self._reloads["ok" if ok else "failed"].inc()
@@ -397,13 +415,3 @@ class Metrics:
         """The scrape body and its Content-Type; OpenMetrics when `accept` asks for it."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self._registry), content_type
-
-
-def _known(word: str, vocabulary: tuple[str, ...], what: str) -> str:
-    if word not in vocabulary:
-        raise ValueError(_unknown(word, vocabulary, what))
-    return word
-
-
-def _unknown(word: str, vocabulary: tuple[str, ...], what: str) -> str:
-    return f"unknown {what} {word!r}; expected one of {', '.join(vocabulary)}"

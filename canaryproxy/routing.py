@@ -60,12 +60,13 @@ process.
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Final, Literal
+from typing import Final, Generic, TypeVar
 
-from canaryproxy.sticky import Pool, StickyValue
+from canaryproxy.sticky import StickyValue
+from canaryproxy.vocabulary import USER_BUCKETS, Mode, Pool
 
 __all__ = [
-    "BUCKETS",
+    "USER_BUCKETS",
     "Mode",
     "Pool",
     "PoolDecision",
@@ -77,10 +78,7 @@ __all__ = [
     "service_salt",
 ]
 
-Mode = Literal["session", "cohort"]
-
-#: Users are spread over this many buckets; weight w% puts buckets [0, 100·w) in canary.
-BUCKETS = 10_000
+T = TypeVar("T")
 
 _SALT_DOMAIN = b"canaryproxy/bucket_by/v1\x00"
 
@@ -88,17 +86,17 @@ _SALT_DOMAIN = b"canaryproxy/bucket_by/v1\x00"
 # --- service matching ---------------------------------------------------------------
 
 
-class _HostTable:
+class _HostTable(Generic[T]):
     """The routes sharing one path prefix, indexed by host pattern kind."""
 
     __slots__ = ("exact", "star", "suffixes")
 
     def __init__(self) -> None:
-        self.exact: dict[str, str] = {}
-        self.suffixes: list[tuple[str, str]] = []  # (".example.com", service), longest first
-        self.star: str | None = None
+        self.exact: dict[str, T] = {}
+        self.suffixes: list[tuple[str, T]] = []  # (".example.com", service), longest first
+        self.star: T | None = None
 
-    def add(self, pattern: str, service: str) -> None:
+    def add(self, pattern: str, service: T) -> None:
         # setdefault / "is None": the first service listed keeps a duplicated pattern.
         if pattern == "*":
             self.star = self.star if self.star is not None else service
@@ -110,7 +108,7 @@ class _HostTable:
         else:
             self.exact.setdefault(pattern, service)
 
-    def lookup(self, host: str) -> str | None:
+    def lookup(self, host: str) -> T | None:
         service = self.exact.get(host)
         if service is not None:
             return service
@@ -120,19 +118,20 @@ class _HostTable:
         return self.star
 
 
-class ServiceMatcher:
-    """Maps (Host, path) to a service name; see the module rules for ties."""
+class ServiceMatcher(Generic[T]):
+    """Maps (Host, path) to a service (its name, or the object that routes it); see the
+    module rules for ties."""
 
-    def __init__(self, routes: Sequence[tuple[str, Sequence[str], str]]) -> None:
-        tables: dict[str, _HostTable] = {}
+    def __init__(self, routes: Sequence[tuple[T, Sequence[str], str]]) -> None:
+        tables: dict[str, _HostTable[T]] = {}
         for service, hosts, prefix in routes:
-            table = tables.setdefault(prefix, _HostTable())
+            table = tables.setdefault(prefix, _HostTable[T]())
             for host in hosts:
                 table.add(_normalise_pattern(host), service)
         # Longest prefix first; within one length a dict lookup on path[:length]
         # replaces a startswith scan over every prefix.
         lengths = sorted({len(prefix) for prefix in tables}, reverse=True)
-        self._by_length: tuple[tuple[int, dict[str, _HostTable]], ...] = tuple(
+        self._by_length: tuple[tuple[int, dict[str, _HostTable[T]]], ...] = tuple(
             (n, {p: t for p, t in tables.items() if len(p) == n}) for n in lengths
         )
         self._routes = tuple((s, tuple(h), p) for s, h, p in routes)
@@ -140,7 +139,7 @@ class ServiceMatcher:
     def __repr__(self) -> str:
         return f"ServiceMatcher({list(self._routes)!r})"
 
-    def match(self, host: str | None, path: str) -> str | None:
+    def match(self, host: str | None, path: str) -> T | None:
         """The service serving ``host`` + ``path``, or None (→ 404)."""
         name = normalise_host(host)
         for length, tables in self._by_length:
@@ -263,7 +262,7 @@ def _user_bucket(
         return key_bucket
     if cookie is not None:
         return cookie.bucket
-    return min(int(rng() * BUCKETS), BUCKETS - 1)  # an rng returning 1.0 stays in range
+    return min(int(rng() * USER_BUCKETS), USER_BUCKETS - 1)  # an rng returning 1.0 stays in range
 
 
 def _needs_cookie(valid: StickyValue | None, pool: Pool, bucket: int) -> bool:
@@ -290,4 +289,4 @@ def bucket_for_key(salt: bytes, key: str) -> int:
     """The bucket in [0, 10000) of bucketing key ``key`` (a header or cookie value)."""
     data = key.encode("utf-8", "surrogatepass")  # never raises, even on lone surrogates
     digest = hashlib.blake2b(data, digest_size=8, key=salt).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    return int.from_bytes(digest, "big") % USER_BUCKETS

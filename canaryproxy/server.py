@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import httptools
 
 from canaryproxy import http11
+from canaryproxy.deadline import Watchdog
 from canaryproxy.exchange import Exchange
 from canaryproxy.http11 import BadRequest
 from canaryproxy.request import RequestHead, read_head
 
 if TYPE_CHECKING:
     from canaryproxy.config import LimitsConfig
-    from canaryproxy.director import Director, Route
-    from canaryproxy.upstream import BackendPool
+    from canaryproxy.director import Director, Outcome, Route
+    from canaryproxy.upstream import ConnectionPool
 
 MAX_HEADERS = 100
 LINGER_SECONDS = 2.0  # how long a closing connection still reads and discards
@@ -43,10 +44,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Recorder(Protocol):
+    """Who hears how requests went (recorder.py): routed, ended, refused."""
+
     def request_started(self, route: Route) -> None: ...
-    def request_done(
-        self, exchange: Exchange, status: int, duration: float, aborted: bool
-    ) -> None: ...
+    def request_done(self, outcome: Outcome) -> None: ...
     def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None: ...
 
 
@@ -57,14 +58,14 @@ class ProxyContext:
         self,
         loop: asyncio.AbstractEventLoop,
         director: Director,
-        pools: dict[str, BackendPool],
+        upstreams: dict[str, ConnectionPool],
         limits: LimitsConfig,
         trusted_proxies: Sequence[Network],
         recorder: Recorder,
     ) -> None:
         self.loop = loop
         self.director = director
-        self.pools = pools
+        self.upstreams = upstreams  # by backend address (``BackendRuntime.address``)
         self.limits = limits
         self.trusted_proxies = tuple(trusted_proxies)
         self.recorder = recorder
@@ -79,9 +80,6 @@ class ProxyContext:
         except ValueError:
             return False
         return any(addr in net for net in self.trusted_proxies)
-
-    def record(self, exchange: Exchange, status: int, duration: float, aborted: bool) -> None:
-        self.recorder.request_done(exchange, status, duration, aborted)
 
 
 class Downstream(asyncio.Protocol):
@@ -106,16 +104,14 @@ class Downstream(asyncio.Protocol):
         self.message_started = 0.0
         self.last_read = 0.0
         self.is_closing = False
-        self.is_write_paused = False
-        self.write_paused_at = 0.0
+        self._write_paused_at = 0.0  # since when the client has not taken our bytes
         self._body_paused = False
         self._pipeline_paused = False
         self._reading_paused = False
         self._bad: BadRequest | None = None
         self._pending_reject: bytes | None = None
         self._corked: list[bytes] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._watchdog = Watchdog(self.loop, self._on_timer)
 
     def __repr__(self) -> str:
         return (
@@ -139,9 +135,7 @@ class Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closing = True
         self.ctx.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._watchdog.cancel()
         current, self.current = self.current, None
         if current is not None:
             current.client_lost()
@@ -194,18 +188,20 @@ class Downstream(asyncio.Protocol):
             self.upgrading.tunnel_from_client(tail)
 
     def pause_writing(self) -> None:
-        self.is_write_paused = True
-        self.write_paused_at = self.loop.time()
-        conn = self.current.conn if self.current is not None else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
-            conn.watch(self.write_paused_at + self.limits.body_timeout)  # a client gone quiet
+        self._write_paused_at = self.loop.time()
+        if self.current is not None:
+            self.current.client_write_paused(self._write_paused_at)
 
     def resume_writing(self) -> None:
-        self.is_write_paused = False
-        conn = self.current.conn if self.current is not None else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
+        self._write_paused_at = 0.0
+        if self.current is not None:
+            self.current.client_write_resumed()
+
+    def _start(self, exchange: Exchange) -> None:
+        self.current = exchange
+        if self._write_paused_at:  # still paused by the response before this one
+            exchange.client_write_paused(self._write_paused_at)
+        exchange.start()
 
     # httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -246,8 +242,7 @@ class Downstream(asyncio.Protocol):
         if head.body_kind:
             self._arm(self.loop.time() + self.limits.body_timeout)
         if self.current is None:
-            self.current = exchange
-            exchange.start()
+            self._start(exchange)
         else:
             self.pipeline.append(exchange)
             self._pipeline_paused = True
@@ -351,12 +346,12 @@ class Downstream(asyncio.Protocol):
             self._close()
             return
         if self.pipeline:
-            self.current = current = self.pipeline.popleft()
+            current = self.pipeline.popleft()
             if current is self.parsing:
                 # Its body is still to come: read it (body backpressure bounds the buffer).
                 self._pipeline_paused = False
                 self._update_reading()
-            current.start()
+            self._start(current)
             return
         if self._pending_reject is not None:
             # A refused request came after the ones answered: its answer, then the close.
@@ -399,15 +394,9 @@ class Downstream(asyncio.Protocol):
 
     def _arm(self, deadline: float) -> None:
         """Make sure the watchdog runs by ``deadline``; it re-reads the state when it fires."""
-        if self._timer is not None:
-            if self._timer_at <= deadline:
-                return
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._watchdog.arm(deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self.is_closing:
             return
         now = self.loop.time()
@@ -484,5 +473,5 @@ class ProxyServer:
             await asyncio.sleep(0.05)
         for conn in list(self.ctx.connections):
             conn.abort()
-        for pool in self.ctx.pools.values():
-            pool.close_all()
+        for upstream in self.ctx.upstreams.values():
+            upstream.close_all()

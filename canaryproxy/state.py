@@ -1,4 +1,7 @@
-"""The one owner of runtime state: per-service canary weight, ejection and epoch.
+"""Runtime knobs and their persistence: per-service canary weight, ejection and epoch.
+
+Each service's ``ServiceState`` is owned by its ``Service``; ``RuntimeState`` is the one
+way a change reaches it, through the store.
 
 Rules:
 - On start, a service's persisted record overrides its config ``canary_weight`` (an
@@ -21,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from canaryproxy.store import AuditEntry, ServiceRecord, StateStore
+from canaryproxy.vocabulary import EjectRule, WeightSource
 
 log = logging.getLogger("canaryproxy.state")
 
@@ -37,11 +41,11 @@ class ServiceState:
     canary_weight: float
     is_ejected: bool = False
     eject_reason: str | None = None
-    eject_rule: str | None = None
+    eject_rule: EjectRule | None = None
     ejected_at: float | None = None
     weight_before_eject: float | None = None
     epoch: int = 0
-    weight_source: str = "config"
+    weight_source: WeightSource = "config"
 
     @property
     def effective_weight(self) -> float:
@@ -69,77 +73,64 @@ class ServiceState:
 
 
 class RuntimeState:
-    def __init__(
-        self,
-        store: StateStore,
-        initial_weights: Mapping[str, float],
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, store: StateStore, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
-        self.services: dict[str, ServiceState] = {}
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
-        self.load(initial_weights)
 
-    def load(self, initial_weights: Mapping[str, float]) -> None:
-        """(Re)build the service table from the config's weights and the store.
+    def records(self) -> Mapping[str, ServiceRecord]:
+        """What the store holds, read once per (re)load."""
+        return self.store.load()
+
+    def adopt(
+        self,
+        name: str,
+        weight: float,
+        previous: ServiceState | None,
+        records: Mapping[str, ServiceRecord],
+    ) -> ServiceState:
+        """A service's knobs for a (re)loaded config whose ``canary_weight`` is ``weight``.
 
         A service seen for the first time takes its persisted record when there is one. On
         a reload, a service already running keeps its runtime state; only one whose weight
         still comes from the config (no operator change) takes the file's new weight.
         """
-        records = self.store.load()
-        services: dict[str, ServiceState] = {}
-        for name, weight in initial_weights.items():
-            state = self.services.get(name)
-            if state is None:
-                state = ServiceState(name=name, canary_weight=weight)
-                record = records.get(name)
-                if record is not None:
-                    state.apply(record)
-                    state.weight_source = "state"
-                    if record.canary_weight != weight:
-                        log.info(
-                            "state file overrides config weight",
-                            extra={
-                                "service": name,
-                                "config": weight,
-                                "state": record.canary_weight,
-                            },
-                        )
-            elif state.weight_source == "config":
-                state.canary_weight = weight
-            services[name] = state
-        self.services = services
-
-    def get(self, name: str) -> ServiceState:
-        return self.services[name]
+        if previous is not None:
+            if previous.weight_source == "config":
+                previous.canary_weight = weight
+            return previous
+        state = ServiceState(name=name, canary_weight=weight)
+        record = records.get(name)
+        if record is not None:
+            state.apply(record)
+            state.weight_source = "state"
+            if record.canary_weight != weight:
+                log.info(
+                    "state file overrides config weight",
+                    extra={"service": name, "config": weight, "state": record.canary_weight},
+                )
+        return state
 
     # operator changes: persisted, then applied -----------------------------------------------
-    async def set_weight(self, name: str, weight: float, who: str) -> ServiceState:
+    async def set_weight(self, state: ServiceState, weight: float, who: str) -> None:
         async with self._lock:
-            state = self.services[name]
             if state.is_ejected:
                 raise Conflict("the canary is ejected; restore it to set a weight")
             new = replace(state.record(), canary_weight=weight)
             await self._commit(
                 state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight)
             )
-            return state
 
-    async def eject(self, name: str, rule: str, reason: str, who: str) -> ServiceState:
+    async def eject(self, state: ServiceState, rule: EjectRule, reason: str, who: str) -> None:
         async with self._lock:
-            state = self.services[name]
             if state.is_ejected:
                 raise Conflict("the canary is already ejected")
             new = self._ejected_record(state, rule, reason)
             await self._commit(state, new, who, f"eject:{rule}", _fmt(state.canary_weight), reason)
-            return state
 
-    async def restore(self, name: str, weight: float | None, who: str) -> ServiceState:
+    async def restore(self, state: ServiceState, weight: float | None, who: str) -> None:
         async with self._lock:
-            state = self.services[name]
             if not state.is_ejected:
                 raise Conflict("the canary is not ejected")
             resume = weight if weight is not None else state.weight_before_eject
@@ -154,19 +145,18 @@ class RuntimeState:
             )
             old = f"ejected ({state.eject_rule})"
             await self._commit(state, new, who, "restore", old, _fmt(new.canary_weight))
-            return state
 
     # automatic ejection: applied at once, persisted right after ------------------------------
-    def eject_now(self, name: str, rule: str, reason: str) -> bool:
+    def eject_now(self, state: ServiceState, rule: EjectRule, reason: str) -> bool:
         """Eject from the request path; False if it already was.
 
         Applied at once, then committed right here, synchronously: an ejection is rare, and
         a few milliseconds of a blocked loop buy that a crash a moment later cannot bring
         the canary back. If the commit fails it is retried in the background.
         """
-        state = self.services[name]
         if state.is_ejected:
             return False
+        name = state.name
         old_weight = state.canary_weight
         state.apply(self._ejected_record(state, rule, reason))
         audit = self._audit("canaryproxy", name, f"eject:{rule}", _fmt(old_weight), reason)
@@ -193,7 +183,7 @@ class RuntimeState:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     # helpers -------------------------------------------------------------------------------
-    def _ejected_record(self, state: ServiceState, rule: str, reason: str) -> ServiceRecord:
+    def _ejected_record(self, state: ServiceState, rule: EjectRule, reason: str) -> ServiceRecord:
         return replace(
             state.record(),
             ejected=True,

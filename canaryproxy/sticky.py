@@ -45,11 +45,11 @@ import hmac
 import math
 import re
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final
 
 from itsdangerous import Signer
 
-Pool = Literal["stable", "canary"]
+from canaryproxy.vocabulary import USER_BUCKETS, Pool
 
 #: How far in the future a cookie's issue time may lie before it is rejected. Several
 #: proxy instances behind one address may disagree on the time by this much.
@@ -58,7 +58,6 @@ MAX_CLOCK_SKEW = 60.0
 #: Values longer than this are rejected before any HMAC is computed (ours are ~65 bytes).
 MAX_VALUE_LENGTH = 200
 
-_BUCKETS = 10_000
 _POOL_CODES: dict[str, bytes] = {"stable": b"s", "canary": b"c"}
 _CODE_POOLS: dict[bytes, Pool] = {b"s": "stable", b"c": "canary"}
 _SAME_SITE = {"strict": "Strict", "lax": "Lax", "none": "None"}
@@ -143,7 +142,7 @@ class CookieCodec:
 
     def encode(self, pool: Pool, bucket: int, epoch: int, now: float) -> str:
         """The cookie value for (pool, bucket, epoch), issued at ``now``."""
-        if not 0 <= bucket < _BUCKETS or epoch < 0:
+        if not 0 <= bucket < USER_BUCKETS or epoch < 0:
             raise ValueError(f"bucket {bucket} / epoch {epoch} out of range")
         payload = b"%s.%d.%d.%d" % (_POOL_CODES[pool], bucket, epoch, math.floor(now))
         return (payload + b"." + self._keys[0].signature(payload)).decode("ascii")
@@ -180,7 +179,7 @@ class CookieCodec:
         if len(fields) != 4 or fields[0] not in _CODE_POOLS:
             return None
         bucket, epoch, issued_at = map(_parse_uint, fields[1:])
-        if bucket >= _BUCKETS or not self._is_fresh(issued_at, now):
+        if bucket >= USER_BUCKETS or not self._is_fresh(issued_at, now):
             return None
         return StickyValue(_CODE_POOLS[fields[0]], bucket, epoch, issued_at, needs_resign)
 

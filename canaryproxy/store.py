@@ -10,8 +10,9 @@ Rules this module keeps:
   not turn back into the config's weight because a disk hiccupped.
 - Persistence sits behind the small `StateStore` protocol so that a store shared by several
   proxy instances can be added later without touching its callers.
-- Calls are blocking; the engine runs them in a worker thread (`asyncio.to_thread`), never on
-  the event loop. One lock serialises them, so any thread may call.
+- Calls are blocking. Operator changes run them in a worker thread (`asyncio.to_thread`); an
+  automatic ejection saves on the event loop itself, at once, so that a crash a moment later
+  cannot bring the canary back (state.py). One lock serialises them, so any thread may call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from canaryproxy.vocabulary import EJECT_RULES, EjectRule, require
 
 __all__ = [
     "AuditEntry",
@@ -71,7 +74,7 @@ class ServiceRecord:
     canary_weight: float
     ejected: bool
     eject_reason: str | None
-    eject_rule: str | None
+    eject_rule: EjectRule | None
     ejected_at: float | None  # wall-clock seconds since the epoch
     weight_before_eject: float | None
     epoch: int
@@ -335,11 +338,18 @@ def _record_from_row(row: tuple[object, ...]) -> ServiceRecord:
         canary_weight=_number(weight, "canary_weight"),
         ejected=bool(_integer(ejected, "ejected")),
         eject_reason=_optional_text(reason, "eject_reason"),
-        eject_rule=_optional_text(rule, "eject_rule"),
+        eject_rule=_rule(_optional_text(rule, "eject_rule")),
         ejected_at=None if ejected_at is None else _number(ejected_at, "ejected_at"),
         weight_before_eject=None if before is None else _number(before, "weight_before_eject"),
         epoch=_integer(epoch, "epoch"),
     )
+
+
+def _rule(value: str | None) -> EjectRule | None:
+    try:
+        return None if value is None else require(value, EJECT_RULES, "eject_rule")
+    except ValueError as exc:
+        raise StateError(f"column eject_rule: {exc}") from None
 
 
 # SQLite columns are loosely typed: a hand-edited row could hold text where a number belongs.

@@ -1,4 +1,5 @@
-"""Upstream side of the data path: one protocol per backend connection, one pool per backend.
+"""Upstream side of the data path: one protocol per backend connection, and each backend's
+connection pool (its keep-alive connections; not to be confused with a traffic pool).
 
 Rules:
 - One request at a time on a connection (no upstream pipelining); a connection goes back to
@@ -19,6 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from canaryproxy.deadline import Watchdog
+from canaryproxy.vocabulary import hostport
+
 if TYPE_CHECKING:
     from canaryproxy.exchange import Exchange
 
@@ -31,8 +35,7 @@ MAX_RESPONSE_HEAD = 64 * 1024
 
 class UpstreamConn(asyncio.Protocol):
     __slots__ = (
-        "_watch",
-        "_watch_at",
+        "_watchdog",
         "exchange",
         "head_bytes",
         "head_read",
@@ -46,7 +49,7 @@ class UpstreamConn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -57,8 +60,7 @@ class UpstreamConn(asyncio.Protocol):
         self.last_read = 0.0
         self.is_closed = False
         self.is_released = False
-        self._watch: asyncio.TimerHandle | None = None
-        self._watch_at = 0.0
+        self._watchdog = Watchdog(pool.loop, self._on_watch)
         self.idle_since = 0.0
 
     def __repr__(self) -> str:
@@ -81,13 +83,12 @@ class UpstreamConn(asyncio.Protocol):
         if exchange.is_tunnel:
             exchange.tunnel_from_upstream(data)
             return
-        down = exchange.down
-        corked = down.cork()
+        corked = exchange.cork_client()  # what one read produces leaves in one send
         try:
             self._parse(exchange, data)
         finally:
             if corked:
-                down.uncork()
+                exchange.uncork_client()
 
     def _parse(self, exchange: Exchange, data: bytes) -> None:
         try:
@@ -119,7 +120,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
-        self._cancel_watch()
+        self._watchdog.cancel()
         self.pool.forget(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -187,24 +188,25 @@ class UpstreamConn(asyncio.Protocol):
     def watch(self, deadline: float) -> None:
         """Have the watchdog look at this connection's exchange by ``deadline``.
 
-        One timer per connection, re-armed only when a deadline comes earlier than the one
-        pending: a connection reused request after request keeps its timer, and the
-        exchange's ``check_deadlines`` says when to look again (so no timer per request).
+        A connection reused request after request keeps its one timer, and the exchange's
+        ``check_deadlines`` says when to look again (so no timer per request).
         """
-        if self._watch is not None:
-            if self._watch_at <= deadline:
-                return
-            self._watch.cancel()
-        self._watch_at = deadline
-        self._watch = self.pool.loop.call_at(deadline, self._on_watch)
+        self._watchdog.arm(deadline)
 
     def _on_watch(self) -> None:
-        self._watch = None
         exchange = self.exchange
         if exchange is not None and not self.is_closed:
             deadline = exchange.check_deadlines(self.pool.loop.time())
             if deadline is not None:
                 self.watch(deadline)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.is_closed:
@@ -219,7 +221,7 @@ class UpstreamConn(asyncio.Protocol):
         self._shut(abort=True)
 
     def _shut(self, *, abort: bool) -> None:
-        self._cancel_watch()
+        self._watchdog.cancel()
         if self.is_closed:
             return
         self.is_closed = True
@@ -230,25 +232,20 @@ class UpstreamConn(asyncio.Protocol):
             else:
                 self.transport.close()
 
-    def _cancel_watch(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
 
-
-class BackendPool:
+class ConnectionPool:
     """Keep-alive connections to one backend address; LIFO reuse keeps the hot ones warm."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
         self.host = host
         self.port = port
-        self.address = f"{host}:{port}"
+        self.address = hostport(host, port)
         self.idle: list[UpstreamConn] = []
         self._sweep: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"<BackendPool {self.address} idle={len(self.idle)}>"
+        return f"<ConnectionPool {self.address} idle={len(self.idle)}>"
 
     def take_idle(self) -> UpstreamConn | None:
         idle = self.idle

@@ -1,6 +1,6 @@
 """One pool's outcomes over the sliding window, and how the judge prints numbers (pure).
 
-The window is ``BUCKETS`` fixed time buckets (a ring): per bucket, requests, errors, slow
+The window is ``WINDOW_SLOTS`` fixed time buckets (a ring): per bucket, requests, errors, slow
 responses and a log-spaced latency histogram (8 bins an octave from 0.1 ms to ~210 s), with
 running totals so the judge reads them in O(1). Memory is bounded whatever the traffic.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-BUCKETS = 10
+WINDOW_SLOTS = 10
 _LAT_LOW = 1e-4  # latency histogram: 0.1 ms ...
 _LAT_PER_OCTAVE = 8  # ... 8 log-spaced bins an octave (±4.4 %) ...
 _LAT_BINS = 2 + 21 * _LAT_PER_OCTAVE  # ... to ~210 s, plus under- and overflow
@@ -36,10 +36,10 @@ class PoolWindow:
                  "since_requests", "slow")  # fmt: skip
 
     def __init__(self) -> None:
-        self.requests = [0] * BUCKETS
-        self.errors = [0] * BUCKETS
-        self.slow = [0] * BUCKETS
-        self.hist = [[0] * _LAT_BINS for _ in range(BUCKETS)]
+        self.requests = [0] * WINDOW_SLOTS
+        self.errors = [0] * WINDOW_SLOTS
+        self.slow = [0] * WINDOW_SLOTS
+        self.hist = [[0] * _LAT_BINS for _ in range(WINDOW_SLOTS)]
         self.n = self.n_errors = self.n_slow = 0  # window totals
         self.since_requests = self.since_errors = 0  # since reset
 

@@ -99,7 +99,9 @@ class FakeController:
 
 
 def new_metrics() -> Metrics:
-    return Metrics(CollectorRegistry(), [("web", [("stable", "http://127.0.0.1:9001")])], [0.1])
+    metrics = Metrics(CollectorRegistry(), [0.1])
+    metrics.service("web", [("stable", "http://127.0.0.1:9001")])
+    return metrics
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from benchmarks.batch_judge import record_successes
 from canaryproxy.budget import (
     HEALTHY_THRESHOLD,
     BudgetParams,
@@ -535,7 +536,7 @@ def _replay(params: BudgetParams, steps: list[Step], batched: bool) -> list[obje
         if kind == "error":
             got = [judge.record(pool, True, latency, now)]
         elif batched:
-            got = [judge.record_successes(pool, count, latency, now)]
+            got = [record_successes(judge, pool, count, latency, now)]
         else:
             got = [judge.record(pool, False, latency, now) for _ in range(count)]
         seen += [(e.rule, e.reason, e.evidence) for e in got if e is not None]

@@ -1,4 +1,4 @@
-"""The deployment artefacts of issue 6: Dockerfile, config/ and config/k8s/.
+"""The deployment artefacts: Dockerfile, config/ and config/k8s/.
 
 Docker, Prometheus, Grafana and Kubernetes do not run here, so these tests check what can
 be checked without them, against the real thing wherever there is one:

@@ -1,7 +1,7 @@
 """The routing seam without sockets: which pool serves, which cookie is set, who is charged.
 
 One table over override × cookie state × mode × weight × ejected × canary health, driven with
-a fake clock and a seeded random source (issue 3), plus the fallback and charging rules.
+a fake clock and a seeded random source, plus the fallback and charging rules.
 """
 
 from __future__ import annotations
@@ -10,31 +10,39 @@ import itertools
 import random
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import Literal
 
 import pytest
 
 from canaryproxy.config import parse_config
-from canaryproxy.director import Director, Route, ServiceRuntime
+from canaryproxy.director import Director, Outcome, Route, ServiceRouting
 from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
 from canaryproxy.request import RequestHead
 from canaryproxy.state import ServiceState
 from canaryproxy.sticky import CookieCodec
+from canaryproxy.vocabulary import FailureKind, Pool
 
 NOW = 1_800_000_000.0
-Pool = Literal["stable", "canary"]
 
 
 @dataclass
 class Recorder:
+    """The service's owner, as the director sees it: hears attempts and fallbacks."""
+
+    service: str = "web"
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def attempt_failed(self, service: str, pool: Pool, kind: str) -> None:
-        self.failed.append((service, pool, kind))
+    def attempt_failed(self, pool: Pool, kind: FailureKind) -> None:
+        self.failed.append((self.service, pool, kind))
 
-    def fallback(self, service: str, wanted: Pool, served: Pool) -> None:
-        self.fallbacks.append((service, wanted, served))
+    def fallback(self, wanted: Pool, served: Pool) -> None:
+        self.fallbacks.append((self.service, wanted, served))
+
+    def request_started(self, pool: Pool) -> None:
+        pass
+
+    def request_done(self, outcome: Outcome) -> None:
+        pass
 
 
 def build(
@@ -60,15 +68,19 @@ def build(
     codec = CookieCodec(
         name="cp_pool", secrets=["s"], max_age=3600, secure=False, same_site="Lax", salt="web"
     )
-    service = ServiceRuntime(sc, state, codec, mode)
-    for backend in service.all_backends():
+
+    def health(pool: Pool, url: str) -> BackendHealth:
         check = ActiveCheck(1, 1)
-        if backend.pool == "canary" and not canary_healthy:
+        if pool == "canary" and not canary_healthy:
             check.observe(False)
-        backend.health = BackendHealth(check, OutlierDetector(5, 30.0, 300.0))
+        return BackendHealth(check, OutlierDetector(5, 30.0, 300.0))
+
     recorder = Recorder()
+    service = ServiceRouting(
+        sc, state, recorder, codec, "cohort" if mode == "cohort" else "session", health
+    )
     rng = random.Random(seed)
-    director = Director([service], recorder, lambda: NOW, lambda: 100.0, rng.random)
+    director = Director([service], lambda: NOW, lambda: 100.0, rng.random)
     return director, state, codec, recorder
 
 

@@ -126,26 +126,6 @@ def test_is_valid_request_id(value: bytes, expected: bool) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (b"plain value", False),
-        (b"tab\tis fine", False),
-        (b"\x80\xff obs-text", False),
-        (b"nul\x00", True),
-        (b"bell\x07", True),
-        (b"lf\n", True),
-        (b"cr\r", True),
-        (b"esc\x1b", True),
-        (b"del\x7f", True),
-        (b"us\x1f", True),
-    ],
-    ids=["plain", "htab", "obs-text", "nul", "bell", "lf", "cr", "esc", "del", "unit-sep"],
-)
-def test_has_control_chars(value: bytes, expected: bool) -> None:
-    assert http11.has_control_chars(value) is expected
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
         (b"chunked", True),
         (b"Chunked", True),
         (b" chunked ", True),

@@ -53,7 +53,7 @@ async def test_failing_canary_is_ejected_and_gets_no_more_traffic(
                 async with h.get(proxy.url + "/") as resp:
                     await resp.read()
             for _ in range(40):
-                if proxy.proxy.state.get("web").is_ejected:
+                if proxy.proxy.services.get("web").knobs.is_ejected:
                     break
                 await traffic(proxy, 100)
             state = proxy.proxy.controller.service_state("web")

@@ -13,7 +13,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from canaryproxy.metrics import Metrics, ServiceSpec
+from canaryproxy.metrics import Metrics, PoolMetrics, ServiceMetrics
+from canaryproxy.vocabulary import Pool
+
+ServiceSpec = tuple[str, list[tuple[Pool, str]]]
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 SERVICES: list[ServiceSpec] = [
@@ -30,11 +33,61 @@ SERVICES: list[ServiceSpec] = [
 Labels = dict[str, str]
 
 
-def new_metrics(services: list[ServiceSpec] = SERVICES) -> Metrics:
-    return Metrics(CollectorRegistry(), services, BUCKETS)
+class NamedMetrics:
+    """The metrics of several services by name, as the proxy's services table holds them."""
+
+    def __init__(self, services: list[ServiceSpec]) -> None:
+        self.root = Metrics(CollectorRegistry(), BUCKETS)
+        self.services: dict[str, ServiceMetrics] = {}
+        self.update_services(services)
+
+    def update_services(self, services: list[ServiceSpec]) -> None:
+        """What a reload does: keep who stays (updated), add who is new, drop who left."""
+        wanted = dict(services)
+        for name in [n for n in self.services if n not in wanted]:
+            self.services.pop(name).remove()
+        for name, backends in services:
+            if name in self.services:
+                self.services[name].update(backends)
+            else:
+                self.services[name] = self.root.service(name, backends)
+
+    def pool(self, service: str, pool: Pool) -> PoolMetrics:
+        return self.services[service].pool(pool)
+
+    def set_weight(self, service: str, weight: float) -> None:
+        self.services[service].set_weight(weight)
+
+    def set_ejected(self, service: str, ejected: bool) -> None:
+        self.services[service].set_ejected(ejected)
+
+    def count_ejection(self, service: str, rule: str) -> None:
+        self.services[service].count_ejection(rule)  # type: ignore[arg-type]
+
+    def set_verdict(self, service: str, verdict: str) -> None:
+        self.services[service].set_verdict(verdict)  # type: ignore[arg-type]
+
+    def set_backend_healthy(self, service: str, pool: Pool, backend: str, healthy: bool) -> None:
+        self.services[service].set_backend_healthy(pool, backend, healthy)
+
+    def client_abort(self, service: str) -> None:
+        self.services[service].client_abort()
+
+    def rejected(self, code: int) -> None:
+        self.root.rejected(code)
+
+    def reload(self, ok: bool) -> None:
+        self.root.reload(ok)
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        return self.root.exposition(accept)
 
 
-def scrape(metrics: Metrics) -> dict[str, Metric]:
+def new_metrics(services: list[ServiceSpec] = SERVICES) -> NamedMetrics:
+    return NamedMetrics(services)
+
+
+def scrape(metrics: NamedMetrics) -> dict[str, Metric]:
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain; version=0.0.4")
     return {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -256,13 +309,13 @@ def test_rejections_aborts_and_reloads_count_exactly() -> None:
 
 # --- label values only from the config or the fixed vocabulary -------------------------------
 
-BAD_CALLS: list[tuple[str, Callable[[Metrics], object], type[Exception]]] = [
+BAD_CALLS: list[tuple[str, Callable[[NamedMetrics], object], type[Exception]]] = [
     ("code-99", lambda m: m.pool("web", "stable").observe(99, 0.1), ValueError),
     ("code-600", lambda m: m.pool("web", "stable").observe(600, 0.1), ValueError),
     ("code-bool", lambda m: m.pool("web", "stable").observe(True, 0.1), ValueError),
     ("rejected-200", lambda m: m.rejected(200), ValueError),
-    ("kind", lambda m: m.pool("web", "stable").upstream_error("dns"), ValueError),
-    ("outcome", lambda m: m.pool("web", "stable").attempt("maybe"), ValueError),
+    ("kind", lambda m: m.pool("web", "stable").upstream_error("dns"), ValueError),  # type: ignore[arg-type]
+    ("outcome", lambda m: m.pool("web", "stable").attempt("maybe"), ValueError),  # type: ignore[arg-type]
     ("rule", lambda m: m.count_ejection("web", "vibes"), ValueError),
     ("verdict", lambda m: m.set_verdict("web", "great"), ValueError),
     ("unknown-pool", lambda m: m.pool("api", "canary"), KeyError),
@@ -280,7 +333,7 @@ BAD_CALLS: list[tuple[str, Callable[[Metrics], object], type[Exception]]] = [
     ("call", "error"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS]
 )
 def test_label_values_outside_config_and_vocabulary_raise(
-    call: Callable[[Metrics], object], error: type[Exception]
+    call: Callable[[NamedMetrics], object], error: type[Exception]
 ) -> None:
     metrics = new_metrics()
     before = metrics.exposition()[0].count(b"\n")

@@ -136,7 +136,7 @@ async def test_admin_api_with_the_real_state(pools: tuple[Backend, Backend]) -> 
         for bad in (-1, 101, "10", None):
             status, _ = await admin(proxy, "PUT", path, json={"canary": bad}, headers=AUTH)
             assert status == 400
-        assert proxy.proxy.state.get("web").canary_weight == 5
+        assert proxy.proxy.services.get("web").knobs.canary_weight == 5
 
         status, body = await admin(proxy, "PUT", path, json={"canary": 25}, headers=AUTH)
         assert (status, body["canary_weight"]) == (200, 25)

@@ -334,12 +334,13 @@ async def test_an_operator_change_racing_an_automatic_ejection_leaves_it_persist
 
     for attempt in range(5):
         store = SqliteStateStore(str(tmp_path / f"race-{attempt}.db"))
-        state = RuntimeState(store, {"web": 5.0}, lambda: 1e9)
-        change = asyncio.ensure_future(state.set_weight("web", 25, "operator"))
+        state = RuntimeState(store, lambda: 1e9)
+        web = state.adopt("web", 5.0, None, state.records())
+        change = asyncio.ensure_future(state.set_weight(web, 25, "operator"))
         await asyncio.sleep(0)  # the operator's save is under way in its thread
-        assert state.eject_now("web", "comparative", "burned its budget")
+        assert state.eject_now(web, "comparative", "burned its budget")
         with pytest.raises(Conflict):
             await change
         assert store.load()["web"].ejected  # what a restart would read
-        assert state.get("web").is_ejected
+        assert web.is_ejected
         store.close()

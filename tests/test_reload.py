@@ -85,11 +85,13 @@ async def test_reload_applies_config_weight_unless_an_operator_set_one(
     async with running(path, stable, canary, canary_weight=5) as proxy:
         write(path, stable, canary, canary_weight=50)
         assert await proxy.reload()
-        assert proxy.state.get("web").canary_weight == 50  # no runtime change: the file wins
-        await proxy.state.set_weight("web", 20, "test")
+        assert (
+            proxy.services.get("web").knobs.canary_weight == 50
+        )  # no runtime change: the file wins
+        await proxy.services.get("web").set_weight(20, "test")
         write(path, stable, canary, canary_weight=70)
         assert await proxy.reload()
-        assert proxy.state.get("web").canary_weight == 20  # the operator's change stays
+        assert proxy.services.get("web").knobs.canary_weight == 20  # the operator's change stays
 
 
 async def test_reload_applies_new_error_budget_and_health_settings(
@@ -106,12 +108,14 @@ async def test_reload_applies_new_error_budget_and_health_settings(
             outlier_detection={"consecutive_failures": 2},
         )
         assert await proxy.reload()
-        assert proxy.judges["web"].params.min_requests == 7
-        backend = proxy.director.services["web"].stable.backends[0]
+        web = proxy.services.get("web")
+        assert web.judge is not None
+        assert web.judge.params.min_requests == 7
+        backend = web.routing.stable.backends[0]
         assert backend.health is not None
-        settings, health = proxy.healths[("web", "stable", stable.url)]
+        settings, health = web.healths[("stable", stable.url)]
         assert health is backend.health
-        assert settings[1].consecutive_failures == 2  # type: ignore[attr-defined]
+        assert settings[1].consecutive_failures == 2  # type: ignore[index]
 
 
 async def test_reload_rotates_the_admin_token_and_cookie_secrets(
@@ -132,7 +136,7 @@ async def test_reload_rotates_the_admin_token_and_cookie_secrets(
                 auth = {"Authorization": f"Bearer {token}"}
                 async with session.get(admin, headers=auth) as resp:
                     assert resp.status == status
-        codec = proxy.director.services["web"].codec
+        codec = proxy.services.get("web").routing.codec
         assert codec is not None
         before = CookieCodec(
             name="cp_pool", secrets=["s"], max_age=3600, secure=False, same_site="Lax", salt="web"
@@ -157,8 +161,8 @@ async def test_a_reload_that_cannot_open_its_access_log_changes_nothing(
         rewrite(path, break_it)
         assert not await proxy.reload()
         assert list(proxy.config.services) == ["web"]
-        assert list(proxy.state.services) == ["web"]
-        assert proxy.metrics.pool("web", "canary") is not None
+        assert proxy.services.names() == ["web"]
+        assert proxy.services.get("web").metrics.pool("canary") is not None
         proxy.tick()  # still consistent
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from canaryproxy.routing import (
-    BUCKETS,
+    USER_BUCKETS,
     Mode,
     PoolDecision,
     ServiceMatcher,
@@ -17,7 +17,8 @@ from canaryproxy.routing import (
     normalise_host,
     service_salt,
 )
-from canaryproxy.sticky import Pool, StickyValue
+from canaryproxy.sticky import StickyValue
+from canaryproxy.vocabulary import Pool
 
 EPOCH = 7
 COOKIE_BUCKET = 300  # canary at weights 5, 50 and 100; stable at 0
@@ -201,7 +202,7 @@ def test_decision_invariants_over_the_whole_space() -> None:
         )
         where = (override, name, mode, weight, ejected, has_canary, key_bucket, d)
         valid = cookie if cookie is not None and cookie.epoch == EPOCH else None
-        assert 0 <= d.bucket < BUCKETS, where
+        assert 0 <= d.bucket < USER_BUCKETS, where
         if ejected or not has_canary:
             assert d.pool == "stable", where
         if override is not None:
@@ -353,12 +354,12 @@ WEIGHTS = [0, 0.005, 0.01, 0.07, 0.29, 0.5, 0.57, 1, 4.99, 5, 5.1, 10, 25, 33.33
     ids=lambda v: str(v),
 )
 def test_canary_bucket_count(weight: float, canary_buckets: int) -> None:
-    assert sum(is_canary_bucket(b, weight) for b in range(BUCKETS)) == canary_buckets
+    assert sum(is_canary_bucket(b, weight) for b in range(USER_BUCKETS)) == canary_buckets
 
 
 def test_threshold_is_monotone_in_the_weight() -> None:
     for low, high in itertools.pairwise(WEIGHTS):
-        moved_out = [b for b in range(BUCKETS) if is_canary_bucket(b, low)]
+        moved_out = [b for b in range(USER_BUCKETS) if is_canary_bucket(b, low)]
         assert all(is_canary_bucket(b, high) for b in moved_out), (low, high)
 
 
@@ -370,7 +371,7 @@ def test_threshold_is_monotone_in_the_weight() -> None:
 def test_raising_the_weight_never_moves_a_user_to_stable(
     mode: Mode, cookie_pool: Pool | None, use_key: bool
 ) -> None:
-    for bucket in range(0, BUCKETS, 37):
+    for bucket in range(0, USER_BUCKETS, 37):
         cookie = None if cookie_pool is None else StickyValue(cookie_pool, bucket, EPOCH, 0, False)
         key = bucket if use_key else None
         pools = [_decide(cookie, mode=mode, weight=w, key_bucket=key).pool for w in WEIGHTS]
@@ -408,7 +409,7 @@ def test_bucket_for_key_is_pinned(service: str, key: str, bucket: int) -> None:
 def test_bucket_for_key_never_raises_on_odd_strings() -> None:
     salt = service_salt("web")
     for key in ("\ud800", "\x00", "x" * 100_000, "\N{SNOWMAN}" * 10):
-        assert 0 <= bucket_for_key(salt, key) < BUCKETS
+        assert 0 <= bucket_for_key(salt, key) < USER_BUCKETS
 
 
 def test_bucket_for_key_is_uniform() -> None:

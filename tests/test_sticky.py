@@ -9,7 +9,8 @@ import re
 import pytest
 from itsdangerous import Signer
 
-from canaryproxy.sticky import MAX_CLOCK_SKEW, CookieCodec, Pool, StickyValue, _Key, find_cookie
+from canaryproxy.sticky import MAX_CLOCK_SKEW, CookieCodec, StickyValue, _Key, find_cookie
+from canaryproxy.vocabulary import Pool
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DAY = 86_400.0

@@ -80,7 +80,7 @@ async def test_session_mode_pins_the_pool_while_the_weight_moves(
                 seen = {first}
                 for i in range(200):
                     weight = [0, 50, 10, 0, 50][i % 5]
-                    await proxy.proxy.state.set_weight("web", weight, "test")
+                    await proxy.proxy.services.get("web").set_weight(weight, "test")
                     name, cookie = await get(client, proxy)
                     seen.add(name)
                     assert cookie is None  # a valid cookie for the pool it got: not set again
@@ -101,14 +101,14 @@ async def test_cohort_mode_keeps_canary_users_inside_as_the_weight_grows(
             assert canary_users
             counts = []
             for weight in (10, 25):
-                await proxy.proxy.state.set_weight("web", weight, "test")
+                await proxy.proxy.services.get("web").set_weight(weight, "test")
                 now = [(await get(u, proxy))[0] for u in users]
                 counts.append(now.count("canary"))
                 for u in canary_users:
                     assert (await get(u, proxy))[0] == "canary"
             assert counts[0] < counts[1]
             # lowering moves the newest out first: back at 5 % the same first users remain
-            await proxy.proxy.state.set_weight("web", 5, "test")
+            await proxy.proxy.services.get("web").set_weight(5, "test")
             back = [(await get(u, proxy))[0] for u in users]
             assert back == first
         finally:
@@ -270,7 +270,7 @@ async def test_expired_and_future_dated_cookies_are_replaced(
         assert (await get(s, proxy, {"Cookie": f"{COOKIE}={cookie}"}))[1] is None
         now[0] += 1801  # older than max_age: ignored and replaced
         assert (await get(s, proxy, {"Cookie": f"{COOKIE}={cookie}"}))[1] is not None
-        codec = proxy.proxy.director.services["web"].codec
+        codec = proxy.proxy.services.get("web").routing.codec
         assert codec is not None
         future = codec.encode("stable", 1, 0, now[0] + 3600)  # issued an hour from now
         assert (await get(s, proxy, {"Cookie": f"{COOKIE}={future}"}))[1] is not None

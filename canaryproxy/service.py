@@ -1,0 +1,364 @@
+"""One home per service: its routing, knobs, judge, backends' health, series and fallbacks.
+
+Rules this module keeps:
+- A ``Service`` is built from the config at start and on every reload; ``Services`` is the
+  one table of them by name, and a reload swaps it whole.  What must outlive a reload is
+  handed over from the previous ``Service`` of the same name: its knobs (weight, ejection,
+  epoch), its metric series and fallback counts, its judge while its ``error_budget`` is
+  unchanged, each backend's health while its ``health_check``/``outlier_detection`` are.
+- Every rule about the canary's fate is written here once: an ejection by the judge or by
+  an operator shows the same way (gauges, counter, verdict, log); ``restore`` starts the
+  judgement afresh; ``verdict`` is ``ejected`` while the knobs say so, else the judge's.
+- Outcome accounting (SPEC "Metrics" and "Error budget"): ``requests_total`` counts final
+  responses under the pool that served them; proxy-made 502/504 under the pool whose
+  backend failed, 503 under the pool decided; a 499 (client gone) is charged to no pool.
+  The judge sees one outcome per attempt: a failed attempt as an error of that backend's
+  pool when it happens, an upstream answer at the end (5xx is an error) with its duration;
+  a 503 with no backend anywhere is an error of the decided pool.
+- A request in flight across a reload reports to the ``Service`` that routed it; the
+  series and knobs it reaches are the ones the new ``Service`` holds, or gone with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from canaryproxy.budget import BudgetParams, Ejection, Judge
+from canaryproxy.config import Config, ServiceConfig
+from canaryproxy.director import BackendRuntime, Director, Outcome, ServiceRouting
+from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.metrics import Metrics, ServiceMetrics
+from canaryproxy.state import Conflict, RuntimeState, ServiceState
+from canaryproxy.sticky import CookieCodec
+from canaryproxy.store import ServiceRecord
+from canaryproxy.vocabulary import EjectRule, FailureKind, Mode, Pool, Verdict
+
+__all__ = ["Conflict", "Env", "Service", "Services"]
+
+log = logging.getLogger("canaryproxy.judge")
+
+State = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """What every service is built with: clocks, randomness, the state keeper, metrics."""
+
+    keeper: RuntimeState
+    metrics: Metrics
+    secrets: tuple[str, ...]
+    wall: Callable[[], float]
+    monotonic: Callable[[], float]
+    rng: random.Random
+
+
+class Service:
+    """A configured service and everything it owns at run time."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        sticky_config: Config,
+        env: Env,
+        previous: Service | None,
+        records: Mapping[str, ServiceRecord],
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.env = env
+        self.has_canary = config.canary is not None
+        old_knobs = previous.knobs if previous is not None else None
+        self.knobs: ServiceState = env.keeper.adopt(
+            self.name, config.canary_weight, old_knobs, records
+        )
+        self.fallbacks: dict[str, int] = previous.fallbacks if previous is not None else {}
+        self._health_settings = (config.health_check, config.outlier_detection)
+        self._old_healths = previous.healths if previous is not None else {}
+        # (pool, url) → (the health_check and outlier_detection it was built with, health)
+        self.healths: dict[tuple[Pool, str], tuple[object, BackendHealth]] = {}
+        codec = _codec(config, sticky_config, env)
+        mode = _mode(sticky_config)
+        self.routing = ServiceRouting(config, self.knobs, self, codec, mode, self._health)
+        self._old_healths = {}
+        labels = [(b.pool, b.url) for b in self.routing.all_backends()]
+        self.metrics: ServiceMetrics
+        if previous is not None:
+            self.metrics = previous.metrics
+            self.metrics.update(labels)
+        else:
+            self.metrics = env.metrics.service(self.name, labels)
+        self.judge = self._build_judge(previous)
+
+    def __repr__(self) -> str:
+        weight, ejected = self.effective_weight, self.knobs.is_ejected
+        return f"<Service {self.name} weight={weight:g} ejected={ejected}>"
+
+    # building ----------------------------------------------------------------------------
+    def _health(self, pool: Pool, url: str) -> BackendHealth:
+        """A backend's health, kept across reloads unless its settings changed."""
+        known = self._old_healths.get((pool, url))
+        if known is not None and known[0] == self._health_settings:
+            health = known[1]
+        else:
+            hc, od = self.config.health_check, self.config.outlier_detection
+            health = BackendHealth(
+                ActiveCheck(hc.rise, hc.fall) if hc else None,
+                OutlierDetector(
+                    od.consecutive_failures, od.base_ejection_time, od.max_ejection_time
+                ),
+            )
+        self.healths[(pool, url)] = (self._health_settings, health)
+        return health
+
+    def _build_judge(self, previous: Service | None) -> Judge | None:
+        """The canary's judge; a new one (judging afresh) when the error budget changed."""
+        if not self.has_canary:
+            return None
+        params = BudgetParams.from_config(self.config.error_budget)
+        old = previous.judge if previous is not None else None
+        if old is not None and old.params == params:
+            return old
+        judge = Judge(params, self.env.monotonic())
+        if self.knobs.is_ejected:
+            judge.mark_ejected(self.knobs.eject_rule or "manual", self.knobs.eject_reason or "")
+        return judge
+
+    # what the director reports -----------------------------------------------------------
+    def attempt_failed(self, pool: Pool, kind: FailureKind) -> None:
+        """A failed attempt at a backend of ``pool``; ``unavailable`` is a canary user
+        served by stable for want of a canary backend: the judge's, no backend's error."""
+        if kind != "unavailable":
+            pm = self.metrics.pools.get(pool)
+            if pm is not None:  # a reload may have removed the pool meanwhile
+                pm.upstream_error(kind)
+        self._judge_outcome(pool, True, 0.0)
+
+    def fallback(self, wanted: Pool, served: Pool) -> None:
+        key = f"{wanted}->{served}"
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+
+    # what the engine reports (through the recorder) --------------------------------------
+    def request_started(self, pool: Pool) -> None:
+        pm = self.metrics.pools.get(pool)
+        if pm is not None:
+            pm.in_flight.inc()
+
+    def request_done(self, outcome: Outcome) -> None:
+        route = outcome.route
+        assert route is not None
+        pools = self.metrics.pools
+        started = pools.get(route.decided)
+        if started is not None:
+            started.in_flight.dec()
+        status = outcome.status
+        if status == 499:
+            self.metrics.client_abort()
+            return
+        self._count_attempts(route.tried, outcome.answered)
+        pool = route.decided if status == 503 and outcome.is_local else route.served
+        served = pools.get(pool)
+        if served is not None:
+            served.observe(status, outcome.duration)
+        if outcome.is_local:
+            if status == 503:
+                self._judge_outcome(pool, True, outcome.duration)
+        elif not outcome.aborted:
+            self._judge_outcome(pool, status >= 500, outcome.duration)
+
+    def _count_attempts(self, tried: Sequence[BackendRuntime], answered: bool) -> None:
+        """Every backend tried: all but the last failed and were retried elsewhere."""
+        pools = self.metrics.pools
+        for backend in tried[:-1]:
+            retried = pools.get(backend.pool)
+            if retried is not None:
+                retried.attempt("retried")
+        if tried:
+            last = pools.get(tried[-1].pool)
+            if last is not None:
+                last.attempt("ok" if answered else "failed")
+
+    def _judge_outcome(self, pool: Pool, is_error: bool, latency: float) -> None:
+        judge = self.judge
+        if judge is None:
+            return
+        ejection = judge.record(pool, is_error, latency, self.env.monotonic())
+        if ejection is not None:
+            self._ejected_by_judge(ejection)
+
+    def _ejected_by_judge(self, ejection: Ejection) -> None:
+        if not self.env.keeper.eject_now(self.knobs, ejection.rule, ejection.reason):
+            return
+        self._show_ejected(ejection.rule)
+        log.warning(
+            "canary ejected",
+            extra={
+                "service": self.name,
+                "rule": ejection.rule,
+                "reason": ejection.reason,
+                "evidence": ejection.evidence,
+            },
+        )
+
+    def _show_ejected(self, rule: EjectRule) -> None:
+        metrics = self.metrics
+        metrics.set_ejected(True)
+        metrics.set_weight(0.0)
+        metrics.count_ejection(rule)
+        metrics.set_verdict("ejected")
+
+    # what an operator changes: persisted first, then shown --------------------------------
+    async def set_weight(self, weight: float, who: str) -> None:
+        if not self.has_canary and weight != 0:
+            raise Conflict("the service has no canary pool")
+        await self.env.keeper.set_weight(self.knobs, weight, who)
+        self.metrics.set_weight(self.effective_weight)
+
+    async def eject(self, reason: str | None, who: str) -> None:
+        if not self.has_canary:
+            raise Conflict("the service has no canary pool")
+        text = reason or "ejected by an operator"
+        await self.env.keeper.eject(self.knobs, "manual", text, who)
+        if self.judge is not None:
+            self.judge.mark_ejected("manual", text)
+        self._show_ejected("manual")
+
+    async def restore(self, weight: float | None, who: str) -> None:
+        await self.env.keeper.restore(self.knobs, weight, who)
+        now = self.env.monotonic()
+        if self.judge is not None:
+            self.judge.reset(now)  # the judgement starts afresh
+        self.metrics.set_ejected(False)
+        self.metrics.set_weight(self.effective_weight)
+        self.metrics.set_verdict(self.verdict(now))
+
+    # reading -----------------------------------------------------------------------------
+    @property
+    def effective_weight(self) -> float:
+        return self.knobs.effective_weight if self.has_canary else 0.0
+
+    def verdict(self, now: float) -> Verdict:
+        if self.knobs.is_ejected:
+            return "ejected"
+        return self.judge.verdict(now) if self.judge is not None else "insufficient_samples"
+
+    def refresh(self) -> None:
+        """Set the gauges that follow from time passing (health cool-offs, verdicts)."""
+        now = self.env.monotonic()
+        metrics = self.metrics
+        metrics.set_weight(self.effective_weight)
+        metrics.set_ejected(self.knobs.is_ejected)
+        metrics.set_verdict(self.verdict(now))
+        for b in self.routing.all_backends():
+            metrics.set_backend_healthy(b.pool, b.url, b.is_routable(now))
+
+    def state(self) -> State:
+        """STATE (the admin API's view): plain JSON values, never a Python repr."""
+        knobs, judge = self.knobs, self.judge
+        now, wall = self.env.monotonic(), self.env.wall()
+        return {
+            "name": self.name,
+            "canary_weight": self.effective_weight,
+            "configured_weight": knobs.canary_weight,
+            "weight_source": knobs.weight_source,
+            "has_canary": self.has_canary,
+            "ejected": knobs.is_ejected,
+            "eject_reason": knobs.eject_reason,
+            "eject_rule": knobs.eject_rule,
+            "ejected_at": knobs.ejected_at,
+            "weight_before_eject": knobs.weight_before_eject,
+            "epoch": knobs.epoch,
+            "sticky_mode": self.routing.mode,
+            "verdict": self.verdict(now),
+            "evidence": judge.evidence(now) if judge else {},
+            "window": {
+                pool: judge.window_stats(pool, now) if judge else _empty_window()
+                for pool in ("stable", "canary")
+            },
+            "fallbacks": dict(self.fallbacks),
+            "backends": [
+                {
+                    "pool": b.pool,
+                    "url": b.url,
+                    "address": b.address,
+                    "weight": b.weight,
+                    "healthy": b.is_routable(now),
+                    "health": _health_state(b, now, wall),
+                }
+                for b in self.routing.all_backends()
+            ],
+        }
+
+
+class Services:
+    """The one table of services by name, with the director that routes to them.
+
+    Built whole from a config (``build``) and swapped whole on reload."""
+
+    def __init__(self, services: Sequence[Service], env: Env) -> None:
+        self._by_name = {s.name: s for s in services}
+        self.director = Director(
+            [s.routing for s in services], env.wall, env.monotonic, env.rng.random
+        )
+
+    @classmethod
+    def build(cls, config: Config, env: Env, previous: Services | None = None) -> Services:
+        """The services of ``config``; what outlives a reload comes from ``previous``, and
+        the series of a service that left the config are dropped."""
+        records = env.keeper.records()
+        old = previous._by_name if previous is not None else {}
+        services = [
+            Service(sc, config, env, old.get(name), records) for name, sc in config.services.items()
+        ]
+        for name, gone in old.items():
+            if name not in config.services:
+                gone.metrics.remove()
+        return cls(services, env)
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def get(self, name: str) -> Service:
+        """The service called ``name``; KeyError if the config has none."""
+        return self._by_name[name]
+
+    def refresh(self) -> None:
+        for service in self._by_name.values():
+            service.refresh()
+
+
+def _codec(config: ServiceConfig, root: Config, env: Env) -> CookieCodec | None:
+    if config.canary is None:
+        return None
+    sticky = root.sticky
+    return CookieCodec(
+        name=sticky.cookie,
+        secrets=env.secrets,
+        max_age=sticky.max_age,
+        secure=sticky.secure,
+        same_site=sticky.same_site,
+        salt=config.name,
+    )
+
+
+def _mode(root: Config) -> Mode:
+    return "cohort" if root.sticky.mode == "cohort" else "session"
+
+
+def _health_state(backend: BackendRuntime, now: float, wall: float) -> dict[str, object]:
+    health = backend.health
+    if health is None:  # built without health (tests of routing alone)
+        return {"healthy": True, "active": None, "outlier": None}
+    return health.describe(now, wall)
+
+
+def _empty_window() -> dict[str, object]:
+    return {"requests": 0, "errors": 0, "error_rate": 0.0, "p50_ms": None, "p99_ms": None}

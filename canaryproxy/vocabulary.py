@@ -1,0 +1,96 @@
+"""The product's words, declared once: pools, verdicts, failure kinds, ejection rules.
+
+Every module spells these through the ``Literal`` types and tuples below; the tuples are
+also the metric label values (exactly the SPEC's), so a word outside them is a bug that
+``require`` turns into an error instead of a dropped sample or a new label value.
+
+Rules this module keeps:
+- A **pool** is a traffic pool of a service: ``stable`` or ``canary``. (A backend's set of
+  keep-alive connections is a *connection pool*, ``engine.upstream.ConnectionPool``.)
+- A **failure kind** says why an attempt at a backend failed.  ``connect``, ``timeout``,
+  ``reset`` and ``protocol`` are upstream errors (``canaryproxy_upstream_errors_total``);
+  ``unavailable`` is a canary user served by stable because the canary had no routable
+  backend: charged to the canary's judge, not an upstream error of any backend.
+- ``host:port`` is written by ``hostport`` alone: an IPv6 literal goes in brackets
+  (RFC 3986 §3.2.2), in a URL, a ``Host`` header, a log line and STATE alike.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypeVar
+
+__all__ = [
+    "ATTEMPT_OUTCOMES",
+    "EJECT_RULES",
+    "FAILURE_KINDS",
+    "POOLS",
+    "UPSTREAM_ERROR_KINDS",
+    "USER_BUCKETS",
+    "VERDICTS",
+    "WEIGHT_SOURCES",
+    "AttemptOutcome",
+    "EjectRule",
+    "FailureKind",
+    "JudgeRule",
+    "Mode",
+    "Pool",
+    "Verdict",
+    "WeightSource",
+    "hostport",
+    "require",
+]
+
+Pool = Literal["stable", "canary"]
+POOLS: Final[tuple[Pool, ...]] = ("stable", "canary")
+
+Verdict = Literal["insufficient_samples", "healthy", "shared_degradation", "ejected"]
+VERDICTS: Final[tuple[Verdict, ...]] = (
+    "insufficient_samples",
+    "healthy",
+    "shared_degradation",
+    "ejected",
+)
+
+JudgeRule = Literal["comparative", "backstop"]
+"""The rules the judge fires by itself."""
+EjectRule = Literal["comparative", "backstop", "manual"]
+EJECT_RULES: Final[tuple[EjectRule, ...]] = ("comparative", "backstop", "manual")
+
+FailureKind = Literal["connect", "timeout", "reset", "protocol", "unavailable"]
+FAILURE_KINDS: Final[tuple[FailureKind, ...]] = (
+    "connect",
+    "timeout",
+    "reset",
+    "protocol",
+    "unavailable",
+)
+UPSTREAM_ERROR_KINDS: Final[tuple[FailureKind, ...]] = ("connect", "timeout", "reset", "protocol")
+
+AttemptOutcome = Literal["ok", "retried", "failed"]
+"""An attempt at a backend: answered, failed and sent again elsewhere, failed for good."""
+ATTEMPT_OUTCOMES: Final[tuple[AttemptOutcome, ...]] = ("ok", "retried", "failed")
+
+WeightSource = Literal["config", "state"]
+"""Where a service's canary weight came from: the file, or a persisted runtime change."""
+WEIGHT_SOURCES: Final[tuple[WeightSource, ...]] = ("config", "state")
+
+Mode = Literal["session", "cohort"]
+"""What a sticky cookie pins: the pool (session) or the user's bucket (cohort)."""
+
+USER_BUCKETS: Final = 10_000
+"""Users are hashed or drawn into buckets [0, USER_BUCKETS); weight w% is the first w·100."""
+
+W = TypeVar("W", bound=str)
+
+
+def require(word: str, vocabulary: tuple[W, ...], what: str) -> W:
+    """``word`` as one of ``vocabulary``, or ValueError naming the words allowed."""
+    for known in vocabulary:
+        if word == known:
+            return known
+    raise ValueError(f"unknown {what} {word!r}; expected one of: {', '.join(vocabulary)}")
+
+
+def hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets (``[::1]:9001``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
