@@ -265,7 +265,7 @@ async def _change(name: str, outcome: Awaitable[State]) -> web.Response:
 
 
 def _unknown_service(name: str) -> _ApiError:
-    return _ApiError(404, f"unknown service {name!r}")
+    return _ApiError(404, f"there is no service named {name}")
 
 
 def _who(request: web.Request) -> str:
@@ -290,7 +290,7 @@ async def _read_object(request: web.Request, allowed: Sequence[str]) -> dict[str
         raise _ApiError(400, "the body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise _ApiError(400, f"unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        raise _ApiError(400, f"unknown key {unknown[0]}; allowed: {', '.join(allowed)}")
     return body
 
 

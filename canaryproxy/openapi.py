@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from canaryproxy.vocabulary import EJECT_RULES, POOLS, VERDICTS, WEIGHT_SOURCES
+
 __all__ = ["MAX_REASON_CHARS", "openapi_document"]
 
 # Longest eject reason accepted; it is logged and persisted in the audit line.
@@ -188,11 +190,64 @@ _SCHEMAS: Schema = {
     },
     "Backend": {
         "type": "object",
-        "required": ["pool", "url", "healthy"],
+        "required": ["pool", "url", "address", "weight", "healthy", "health"],
         "properties": {
-            "pool": {"enum": ["stable", "canary"]},
+            "pool": {"enum": list(POOLS)},
             "url": {"type": "string"},
+            "address": {"type": "string", "description": "host:port ([IPv6]:port)."},
+            "weight": {"type": "integer", "minimum": 1},
+            "healthy": {"type": "boolean", "description": "In rotation now."},
+            "health": _ref("BackendHealth"),
+        },
+    },
+    "BackendHealth": {
+        "type": "object",
+        "required": ["healthy", "active", "outlier"],
+        "properties": {
             "healthy": {"type": "boolean"},
+            "active": {
+                "description": "Active health checks; null when the service has none.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["healthy", "streak", "last_error"],
+                        "properties": {
+                            "healthy": {"type": "boolean"},
+                            "streak": {
+                                **_COUNT,
+                                "description": "Consecutive probes against the current state.",
+                            },
+                            "last_error": {
+                                "type": ["string", "null"],
+                                "description": "What the latest failed probe said.",
+                            },
+                        },
+                    },
+                ],
+            },
+            "outlier": {
+                "description": "Passive outlier detection (consecutive failures).",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["ejected", "until", "ejections"],
+                        "properties": {
+                            "ejected": {"type": "boolean"},
+                            "until": {
+                                "type": ["string", "null"],
+                                "format": "date-time",
+                                "description": "End of the ejection, ISO 8601 UTC.",
+                            },
+                            "ejections": {
+                                **_COUNT,
+                                "description": "Ejections counted towards the cool-off.",
+                            },
+                        },
+                    },
+                ],
+            },
         },
     },
     "State": {
@@ -213,9 +268,7 @@ _SCHEMAS: Schema = {
             "canary_weight": _WEIGHT,
             "ejected": {"type": "boolean"},
             "eject_reason": {"type": ["string", "null"]},
-            "verdict": {
-                "enum": ["insufficient_samples", "healthy", "shared_degradation", "ejected"]
-            },
+            "verdict": {"enum": list(VERDICTS)},
             "evidence": {"type": "object"},
             "window": {
                 "type": "object",
@@ -229,10 +282,10 @@ _SCHEMAS: Schema = {
             # Optional: what the persisted record adds (store.ServiceRecord).
             "configured_weight": _WEIGHT,
             "weight_source": {
-                "enum": ["config", "state"],
+                "enum": list(WEIGHT_SOURCES),
                 "description": "Whether the weight came from the config file or the state file.",
             },
-            "eject_rule": {"type": ["string", "null"]},
+            "eject_rule": {"enum": [*EJECT_RULES, None]},
             "ejected_at": _NULLABLE_NUMBER,
             "weight_before_eject": {"oneOf": [_WEIGHT, {"type": "null"}]},
             "epoch": _COUNT,

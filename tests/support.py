@@ -26,6 +26,7 @@ from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Clocks, Proxy
 from canaryproxy.config import Config, parse_config
 from canaryproxy.store import MemoryStateStore, StateStore
+from canaryproxy.vocabulary import hostport
 
 LOCAL = "127.0.0.1"
 
@@ -33,8 +34,9 @@ LOCAL = "127.0.0.1"
 class Backend:
     """A real HTTP backend that records what reached it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, host: str = LOCAL) -> None:
         self.name = name
+        self.host = host  # "::1" for an IPv6 backend
         self.seen: list[dict[str, Any]] = []
         self.peers: list[tuple[str, int]] = []
         self.health_status = 200
@@ -45,7 +47,7 @@ class Backend:
 
     @property
     def url(self) -> str:
-        return f"http://{LOCAL}:{self.port}"
+        return f"http://{hostport(self.host, self.port)}"
 
     async def start(self) -> Backend:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -60,7 +62,7 @@ class Backend:
         app.router.add_route("*", "/{tail:.*}", self.echo)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, LOCAL, 0)
+        site = web.TCPSite(self.runner, self.host, 0)
         await site.start()
         server: Any = site._server
         self.port = server.sockets[0].getsockname()[1]

@@ -65,7 +65,20 @@ class FakeController:
             "verdict": "ejected" if s.ejected else "insufficient_samples",
             "evidence": {"needed": 100},
             "window": {"stable": stats, "canary": stats if name == "web" else None},
-            "backends": [{"pool": "stable", "url": "http://127.0.0.1:9001", "healthy": True}],
+            "backends": [
+                {
+                    "pool": "stable",
+                    "url": "http://127.0.0.1:9001",
+                    "address": "127.0.0.1:9001",
+                    "weight": 1,
+                    "healthy": True,
+                    "health": {
+                        "healthy": True,
+                        "active": None,
+                        "outlier": {"ejected": False, "until": None, "ejections": 0},
+                    },
+                }
+            ],
         }
 
     async def set_weight(self, name: str, weight: float, who: str) -> dict[str, object]:
@@ -352,7 +365,7 @@ async def test_an_unknown_service_is_404(
         method, f"/admin/services/shop{action}", data=b'{"canary": 5}', headers={**RIGHT, **JSON}
     )
     assert resp.status == 404
-    assert await resp.json() == {"error": "unknown service 'shop'"}
+    assert await resp.json() == {"error": "there is no service named shop"}
     assert controller.calls == []
 
 
@@ -391,7 +404,12 @@ BAD_WEIGHT_BODIES = [
     ("1e400-overflows", b'{"canary": 1e400}', 400, "between 0 and 100"),
     ("missing-key", b"{}", 400, '{"canary": 25}'),
     ("no-body", b"", 400, '{"canary": 25}'),
-    ("unknown-key", b'{"canary": 5, "canary_weight": 5}', 400, "unknown key 'canary_weight'"),
+    (
+        "unknown-key",
+        b'{"canary": 5, "canary_weight": 5}',
+        400,
+        "unknown key canary_weight; allowed: canary",
+    ),
     ("duplicate-key", b'{"canary": 5, "canary": 90}', 400, "duplicate key"),
     ("array", b"[25]", 400, "must be a JSON object"),
     ("bare-number", b"25", 400, "must be a JSON object"),
@@ -457,12 +475,12 @@ BAD_OPTIONAL_BODIES = [
     ("eject-reason-number", "eject", b'{"reason": 5}', "reason: must be a string"),
     ("eject-reason-long", "eject", b'{"reason": "' + b"r" * 501 + b'"}', "at most 500"),
     ("eject-reason-newline", "eject", b'{"reason": "ok\\nFAKE audit line"}', "control"),
-    ("eject-unknown-key", "eject", b'{"why": "x"}', "unknown key 'why'"),
+    ("eject-unknown-key", "eject", b'{"why": "x"}', "unknown key why; allowed: reason"),
     ("eject-array", "eject", b'["x"]', "must be a JSON object"),
     ("restore-101", "restore", b'{"canary": 101}', "between 0 and 100"),
     ("restore-null", "restore", b'{"canary": null}', "must be a number"),
     ("restore-NaN", "restore", b'{"canary": NaN}', "NaN"),
-    ("restore-unknown-key", "restore", b'{"weight": 5}', "unknown key 'weight'"),
+    ("restore-unknown-key", "restore", b'{"weight": 5}', "unknown key weight; allowed: canary"),
 ]
 
 

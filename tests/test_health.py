@@ -12,6 +12,7 @@ from canaryproxy.health import (
     OutlierDetector,
     is_check_success,
     is_failure_status,
+    iso_utc,
     next_check_delay,
 )
 
@@ -387,3 +388,39 @@ def test_backend_health_exposes_its_parts_and_repr() -> None:
     assert health.check is check
     assert health.outlier is outlier
     assert repr(health) == f"<BackendHealth check={check!r} outlier={outlier!r}>"
+
+
+# --- STATE's view -------------------------------------------------------------------------------
+
+
+def test_describe_shows_an_ejection_end_as_wall_clock_utc() -> None:
+    check = ActiveCheck(rise=1, fall=1)
+    health = BackendHealth(check, OutlierDetector(1, 30.0, 300.0))
+    wall = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert health.describe(100.0, wall) == {
+        "healthy": True,
+        "active": {"healthy": True, "streak": 0, "last_error": None},
+        "outlier": {"ejected": False, "until": None, "ejections": 0},
+    }
+    health.outlier.on_failure(100.0)
+    check.observe(False, "ConnectionRefusedError: refused")
+    assert health.describe(110.0, wall + 10) == {
+        "healthy": False,
+        "active": {"healthy": False, "streak": 0, "last_error": "ConnectionRefusedError: refused"},
+        "outlier": {"ejected": True, "until": "2027-01-15T08:00:30.000Z", "ejections": 1},
+    }
+    check.observe(True)
+    assert health.describe(131.0, wall + 31)["outlier"] == {
+        "ejected": False,
+        "until": None,
+        "ejections": 1,
+    }
+    assert health.describe(131.0, wall + 31)["active"] == {
+        "healthy": True,
+        "streak": 0,
+        "last_error": "ConnectionRefusedError: refused",
+    }
+
+
+def test_iso_utc() -> None:
+    assert iso_utc(0.25) == "1970-01-01T00:00:00.250Z"
