@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # From scratch: an extension of a module no longer listed must not outlive it.
-$(COMPILED): $(STAMP) setup.py $(wildcard canaryproxy/*.py)
-	rm -rf build canaryproxy/*.so
+$(COMPILED): $(STAMP) setup.py $(shell find canaryproxy -name '*.py')
+	rm -rf build
+	find canaryproxy -name '*.so' -delete
 	$(BIN)/python setup.py -q build_ext --inplace >/dev/null
 	touch $(COMPILED)
 
@@ -38,4 +39,5 @@ bench: $(COMPILED)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build canaryproxy/*.so *.so
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.so
+	find canaryproxy -name '*.so' -delete

@@ -20,7 +20,7 @@ ROOT = Path(__file__).parent
 def compiled_modules() -> list[str]:
     with (ROOT / "pyproject.toml").open("rb") as f:
         names: list[str] = tomllib.load(f)["tool"]["canaryproxy"]["compiled"]
-    return [f"canaryproxy/{name}.py" for name in names]
+    return [f"canaryproxy/{name.replace('.', '/')}.py" for name in names]
 
 
 def ext_modules() -> list[object]:

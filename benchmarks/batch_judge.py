@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from canaryproxy.budget import Ejection, Judge
+from canaryproxy.judge.budget import Ejection, Judge
+from canaryproxy.judge.window import latency_bin
 from canaryproxy.vocabulary import Pool
-from canaryproxy.window import latency_bin
 
 
 def record_successes(

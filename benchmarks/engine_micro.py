@@ -1,9 +1,9 @@
 """The proxy's own CPU per request, without sockets: ``python -m benchmarks.engine_micro``.
 
 Drives the real engine (server.Downstream, exchange, upstream.UpstreamConn, the director,
-hub, metrics, judge, cookies) with in-memory transports: a request goes in as bytes, the
-proxy writes the upstream request, a canned response goes back in, the proxy writes the
-client response.  What is left is Python work per request, free of the syscall costs that
+recorder, services, metrics, judge, cookies) with in-memory transports: a request goes in
+as bytes, the proxy writes the upstream request, a canned response goes back in, the proxy
+writes the client response.  What is left is Python work per request, free of the syscall costs that
 dominate (and make noisy) the wrk runs on a shared VM — the number to compare before and
 after a change to the hot path.  Prints µs per request for a few scenarios.
 """
@@ -15,12 +15,12 @@ import asyncio
 import time
 from typing import Any
 
-from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Proxy
-from canaryproxy.config import parse_config
-from canaryproxy.server import Downstream
-from canaryproxy.store import MemoryStateStore
-from canaryproxy.upstream import UpstreamConn
+from canaryproxy.config.load import parse_config
+from canaryproxy.engine.server import Downstream
+from canaryproxy.engine.upstream import UpstreamConn
+from canaryproxy.outcomes.accesslog import AccessLog
+from canaryproxy.state.store import MemoryStateStore
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 08:00:00 GMT\r\n"

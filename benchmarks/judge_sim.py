@@ -2,7 +2,7 @@
 
     python -m benchmarks.judge_sim [--runs 1000] [--seed 1] [--healthy-requests 200000]
 
-It drives ``canaryproxy.budget.Judge`` itself, no sockets. Traffic: requests
+It drives ``canaryproxy.judge.budget.Judge`` itself, no sockets. Traffic: requests
 arrive evenly at ``RPS`` a second; each is the canary's with probability ``w``
 and an error with its pool's error rate. Only errors move the comparative test,
 so a run draws the gap to the next error (geometric) and hands the successes in
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from benchmarks.batch_judge import record_successes
-from canaryproxy.budget import BudgetParams, Ejection, Judge, Pool
+from canaryproxy.judge.budget import BudgetParams, Ejection, Judge, Pool
 
 RPS = 100.0
 LATENCY = 0.05

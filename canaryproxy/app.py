@@ -22,18 +22,18 @@ from typing import IO, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from canaryproxy.accesslog import AccessLog
-from canaryproxy.admin import build_admin_app, set_token
-from canaryproxy.config import Config, ConfigError, load_config
-from canaryproxy.controller import Controller
-from canaryproxy.loops import Loops
-from canaryproxy.metrics import Metrics
-from canaryproxy.recorder import Recorder
-from canaryproxy.server import ProxyContext, ProxyServer
-from canaryproxy.service import Env, Services
-from canaryproxy.state import RuntimeState
-from canaryproxy.store import SqliteStateStore, StateStore
-from canaryproxy.upstream import ConnectionPool
+from canaryproxy.admin.api import build_admin_app, set_token
+from canaryproxy.admin.controller import Controller
+from canaryproxy.config.load import Config, ConfigError, load_config
+from canaryproxy.engine.server import ProxyContext, ProxyServer
+from canaryproxy.engine.upstream import ConnectionPool
+from canaryproxy.outcomes.accesslog import AccessLog
+from canaryproxy.outcomes.metrics import Metrics
+from canaryproxy.outcomes.recorder import Recorder
+from canaryproxy.runtime.loops import Loops
+from canaryproxy.runtime.service import Env, Services
+from canaryproxy.state.runtime import RuntimeState
+from canaryproxy.state.store import SqliteStateStore, StateStore
 from canaryproxy.vocabulary import hostport
 
 log = logging.getLogger("canaryproxy")

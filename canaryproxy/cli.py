@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from canaryproxy import logs
-from canaryproxy.config import Config, ConfigError, load_config, summarize
-from canaryproxy.store import StateError
+from canaryproxy.config.load import Config, ConfigError, load_config, summarize
+from canaryproxy.outcomes import logs
+from canaryproxy.state.store import StateError
 
 log = logging.getLogger("canaryproxy")
 
@@ -76,7 +76,7 @@ def demo(
     duration: float | None, failure_rate: float, ramp_seconds: float, no_traffic: bool
 ) -> None:
     """A self-contained show: stable and canary backends, the proxy, traffic, ejection."""
-    from canaryproxy.demo import run_demo
+    from canaryproxy.demo.show import run_demo
 
     # Plain mode: the ejection and health flips also as JSON lines on stderr. The live view
     # shows them itself, and raw lines on the terminal would tear its redraws.

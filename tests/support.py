@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Clocks, Proxy
-from canaryproxy.config import Config, parse_config
-from canaryproxy.store import MemoryStateStore, StateStore
+from canaryproxy.config.load import Config, parse_config
+from canaryproxy.outcomes.accesslog import AccessLog
+from canaryproxy.state.store import MemoryStateStore, StateStore
 from canaryproxy.vocabulary import hostport
 
 LOCAL = "127.0.0.1"

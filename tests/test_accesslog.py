@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from canaryproxy.accesslog import where_fields
+from canaryproxy.outcomes.accesslog import where_fields
 
 
 def test_where_fields_are_json_with_null_for_what_is_unknown() -> None:

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from canaryproxy.admin import MAX_BODY_BYTES, Conflict, build_admin_app
-from canaryproxy.metrics import Metrics
-from canaryproxy.openapi import openapi_document
-from canaryproxy.store import StateError
+from canaryproxy.admin.api import MAX_BODY_BYTES, Conflict, build_admin_app
+from canaryproxy.admin.openapi import openapi_document
+from canaryproxy.outcomes.metrics import Metrics
+from canaryproxy.state.store import StateError
 
 TOKEN = "s3cret-admin-token"
 RIGHT = {"Authorization": f"Bearer {TOKEN}"}

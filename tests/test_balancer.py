@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from canaryproxy.balancer import SmoothWeightedRoundRobin
+from canaryproxy.decide.balancer import SmoothWeightedRoundRobin
 
 LETTERS = "abcdefgh"
 

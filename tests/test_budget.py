@@ -1,4 +1,4 @@
-"""The canary's judge (canaryproxy/budget.py): formulas by hand, rules at their
+"""The canary's judge (canaryproxy/judge/budget.py): formulas by hand, rules at their
 boundaries, the guard, verdicts, time. Fake clock and seeded randomness only."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import pytest
 
 from benchmarks.batch_judge import record_successes
-from canaryproxy.budget import (
+from canaryproxy.judge.budget import (
     HEALTHY_THRESHOLD,
     BudgetParams,
     Ejection,
     Judge,
     Pool,
 )
-from canaryproxy.window import format_odds, format_percent
+from canaryproxy.judge.window import format_odds, format_percent
 
 RATIOS = (2, 4, 8, 16, 32, 64)
 WEIGHTS = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)

@@ -27,12 +27,18 @@ def compiled_names() -> list[str]:
     return names
 
 
+def source_of(name: str) -> Path:
+    """``decide.director`` → canaryproxy/decide/director.py"""
+    return PACKAGE / f"{name.replace('.', '/')}.py"
+
+
 def extensions_of(name: str) -> list[Path]:
-    return [PACKAGE / f"{name}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    stem = source_of(name).with_suffix("")
+    return [stem.with_name(stem.name + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES]
 
 
 def test_every_listed_module_exists() -> None:
-    missing = [n for n in compiled_names() if not (PACKAGE / f"{n}.py").is_file()]
+    missing = [n for n in compiled_names() if not source_of(n).is_file()]
     assert missing == []
 
 
@@ -48,7 +54,7 @@ def test_module_is_loaded_compiled(name: str) -> None:
 
 @pytest.mark.parametrize("name", compiled_names())
 def test_no_extension_is_older_than_its_source(name: str) -> None:
-    source = PACKAGE / f"{name}.py"
+    source = source_of(name)
     stale = [
         ext.name
         for ext in extensions_of(name)
@@ -79,5 +85,8 @@ def test_compiled_modules_import_from_any_directory(tmp_path: Path) -> None:
 )
 def test_no_extension_outlives_its_listing() -> None:
     # An extension left from a module since dropped from the list would shadow its .py.
-    built = {path.name.split(".", 1)[0] for path in PACKAGE.glob("*.so")}
+    built = {
+        ".".join(path.relative_to(PACKAGE).with_name(path.name.split(".", 1)[0]).parts)
+        for path in PACKAGE.rglob("*.so")
+    }
     assert built == {*compiled_names(), "compiled__mypyc"}

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from canaryproxy.config import (
+from canaryproxy.config.durations import format_duration
+from canaryproxy.config.load import (
     Address,
     BackendConfig,
     BucketBy,
@@ -28,7 +29,6 @@ from canaryproxy.config import (
     parse_yaml,
     summarize,
 )
-from canaryproxy.durations import format_duration
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 SPEC_ENV = {"CANARYPROXY_ADMIN_TOKEN": "admin-token", "CANARYPROXY_COOKIE_SECRET": "s3cret"}

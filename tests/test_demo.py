@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from canaryproxy import demo, demo_view
+from canaryproxy.demo import show as demo
+from canaryproxy.demo import view as demo_view
 
 
 def window(requests: int, errors: int, p50: float | None, p99: float | None) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from canaryproxy.config import Config, parse_config, parse_duration
+from canaryproxy.config.load import Config, parse_config, parse_duration
 from tests.support import Backend, make_config, raw_request, service, start_proxy, status_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -970,7 +970,7 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest() -> None:
     for source in [*copied, "canaryproxy/cli.py"]:
         assert not dockerignored(source, patterns), source
     unwanted = [".git", ".venv", "var/state.db", "canaryproxy/__pycache__/x.pyc", ".env"]
-    unwanted += ["canaryproxy/server.cpython-311-x86_64-linux-gnu.so"]
+    unwanted += ["canaryproxy/engine/server.cpython-311-x86_64-linux-gnu.so"]
     assert not dockerignored("canaryproxy/var.py", ["var"])  # the check itself: root-anchored
     for path in unwanted:
         assert dockerignored(path, patterns), path

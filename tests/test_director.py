@@ -13,12 +13,12 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from canaryproxy.config import parse_config
-from canaryproxy.director import Director, Outcome, Route, ServiceRouting
-from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
-from canaryproxy.request import RequestHead
-from canaryproxy.state import ServiceState
-from canaryproxy.sticky import CookieCodec
+from canaryproxy.config.load import parse_config
+from canaryproxy.decide.director import Director, Outcome, Route, ServiceRouting
+from canaryproxy.decide.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.decide.sticky import CookieCodec
+from canaryproxy.http.request import RequestHead
+from canaryproxy.state.runtime import ServiceState
 from canaryproxy.vocabulary import FailureKind, Pool
 
 NOW = 1_800_000_000.0

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from canaryproxy.health import (
+from canaryproxy.decide.health import (
     ActiveCheck,
     BackendHealth,
     OutlierDetector,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from canaryproxy import http11
-from canaryproxy.http11 import BadRequest
+from canaryproxy.http import http11
+from canaryproxy.http.http11 import BadRequest
 
 
 @pytest.mark.parametrize(

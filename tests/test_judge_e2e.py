@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from canaryproxy.store import SqliteStateStore
+from canaryproxy.state.store import SqliteStateStore
 from tests.support import Backend, RunningProxy, make_config, service, start_proxy
 
 BUDGET = {"min_requests": 50, "window": "30s"}

@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from canaryproxy.metrics import Metrics, PoolMetrics, ServiceMetrics
+from canaryproxy.outcomes.metrics import Metrics, PoolMetrics, ServiceMetrics
 from canaryproxy.vocabulary import Pool
 
 ServiceSpec = tuple[str, list[tuple[Pool, str]]]

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from canaryproxy.store import MemoryStateStore
+from canaryproxy.state.store import MemoryStateStore
 from tests.support import (
     LOCAL,
     Backend,

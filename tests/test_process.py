@@ -329,8 +329,8 @@ async def test_a_healthy_canary_beside_a_failing_stable_is_not_ejected(
 async def test_an_operator_change_racing_an_automatic_ejection_leaves_it_persisted(
     tmp_path: Path,
 ) -> None:
-    from canaryproxy.state import Conflict, RuntimeState
-    from canaryproxy.store import SqliteStateStore
+    from canaryproxy.state.runtime import Conflict, RuntimeState
+    from canaryproxy.state.store import SqliteStateStore
 
     for attempt in range(5):
         store = SqliteStateStore(str(tmp_path / f"race-{attempt}.db"))

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 import yaml
 
-from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Proxy
-from canaryproxy.config import load_config
-from canaryproxy.sticky import CookieCodec
-from canaryproxy.store import MemoryStateStore
+from canaryproxy.config.load import load_config
+from canaryproxy.decide.sticky import CookieCodec
+from canaryproxy.outcomes.accesslog import AccessLog
+from canaryproxy.state.store import MemoryStateStore
 from tests.support import LOCAL, Backend
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from canaryproxy.http11 import BadRequest, Headers
-from canaryproxy.request import (
+from canaryproxy.http.http11 import BadRequest, Headers
+from canaryproxy.http.request import (
     CHUNKED_BODY,
     LENGTH_BODY,
     NO_BODY,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from canaryproxy.routing import (
+from canaryproxy.decide.routing import (
     USER_BUCKETS,
     Mode,
     PoolDecision,
@@ -17,7 +17,7 @@ from canaryproxy.routing import (
     normalise_host,
     service_salt,
 )
-from canaryproxy.sticky import StickyValue
+from canaryproxy.decide.sticky import StickyValue
 from canaryproxy.vocabulary import Pool
 
 EPOCH = 7

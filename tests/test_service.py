@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from jsonschema import Draft202012Validator
 
-from canaryproxy.openapi import openapi_document
+from canaryproxy.admin.openapi import openapi_document
 from canaryproxy.vocabulary import FAILURE_KINDS
 from tests.support import (
     Backend,

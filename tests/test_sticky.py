@@ -9,7 +9,7 @@ import re
 import pytest
 from itsdangerous import Signer
 
-from canaryproxy.sticky import MAX_CLOCK_SKEW, CookieCodec, StickyValue, _Key, find_cookie
+from canaryproxy.decide.sticky import MAX_CLOCK_SKEW, CookieCodec, StickyValue, _Key, find_cookie
 from canaryproxy.vocabulary import Pool
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z

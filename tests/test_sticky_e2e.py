@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from canaryproxy.app import Clocks
-from canaryproxy.routing import bucket_for_key, service_salt
+from canaryproxy.decide.routing import bucket_for_key, service_salt
 from tests.support import (
     Backend,
     RawBackend,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from canaryproxy.store import (
+from canaryproxy.state.store import (
     AuditEntry,
     MemoryStateStore,
     ServiceRecord,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from canaryproxy.window import PoolWindow, latency_bin, pool_counts, rate_ratio, ratio
+from canaryproxy.judge.window import PoolWindow, latency_bin, pool_counts, rate_ratio, ratio
 
 
 @pytest.mark.parametrize(

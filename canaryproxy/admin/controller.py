@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from canaryproxy.state import Conflict
+from canaryproxy.state.runtime import Conflict
 
 if TYPE_CHECKING:
-    from canaryproxy.service import Services
+    from canaryproxy.runtime.service import Services
 
 __all__ = ["Conflict", "Controller"]
 

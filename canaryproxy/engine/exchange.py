@@ -22,16 +22,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from canaryproxy import http11
-from canaryproxy.director import Outcome
-from canaryproxy.http11 import LAST_CHUNK, VIA, Headers, chunk
-from canaryproxy.request import CHUNKED_BODY, NO_BODY, RequestHead, upstream_head
+from canaryproxy.decide.director import Outcome
+from canaryproxy.http import http11
+from canaryproxy.http.http11 import LAST_CHUNK, VIA, Headers, chunk
+from canaryproxy.http.request import CHUNKED_BODY, NO_BODY, RequestHead, upstream_head
 from canaryproxy.vocabulary import FailureKind
 
 if TYPE_CHECKING:
-    from canaryproxy.director import BackendRuntime, Route
-    from canaryproxy.server import Downstream, ProxyContext
-    from canaryproxy.upstream import UpstreamConn
+    from canaryproxy.decide.director import BackendRuntime, Route
+    from canaryproxy.engine.server import Downstream, ProxyContext
+    from canaryproxy.engine.upstream import UpstreamConn
 
 BODY_BUFFER_LIMIT = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})

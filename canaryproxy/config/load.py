@@ -8,7 +8,7 @@ Rules this module keeps:
 - YAML syntax errors, duplicate keys and unreadable files are ConfigErrors too, so
   ``canaryproxy check`` and ``run`` print one kind of failure;
 - pydantic is an implementation detail: its errors are translated here, at one boundary.
-The schema (objects, defaults, value rules) lives in config_schema.py.
+The schema (objects, defaults, value rules) lives in schema.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from canaryproxy.config_schema import (
+from canaryproxy.config.durations import format_duration, parse_canary_weight, parse_duration, show
+from canaryproxy.config.schema import (
     FROM_FILE,
     Address,
     AdminConfig,
@@ -46,7 +47,6 @@ from canaryproxy.config_schema import (
     StickyConfig,
     TimeoutsConfig,
 )
-from canaryproxy.durations import format_duration, parse_canary_weight, parse_duration, show
 
 __all__ = [
     "Address",

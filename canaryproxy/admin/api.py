@@ -31,11 +31,11 @@ from typing import Protocol
 
 from aiohttp import web
 
-from canaryproxy.config import parse_canary_weight
-from canaryproxy.metrics import Metrics
-from canaryproxy.openapi import MAX_REASON_CHARS, openapi_document
-from canaryproxy.state import Conflict
-from canaryproxy.store import StateError
+from canaryproxy.admin.openapi import MAX_REASON_CHARS, openapi_document
+from canaryproxy.config.load import parse_canary_weight
+from canaryproxy.outcomes.metrics import Metrics
+from canaryproxy.state.runtime import Conflict
+from canaryproxy.state.store import StateError
 
 __all__ = ["MAX_BODY_BYTES", "AdminController", "Conflict", "build_admin_app", "set_token"]
 

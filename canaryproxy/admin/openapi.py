@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the admin API, served at GET /admin/openapi.json.
 
 It is the machine-readable form of SPEC.md "Admin API" and is what tests/test_admin.py checks
-the running API against (with schemathesis). Request-body limits here are the ones admin.py
+the running API against (with schemathesis). Request-body limits here are the ones api.py
 enforces: change them together.
 """
 

@@ -79,8 +79,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from canaryproxy.vocabulary import EjectRule, JudgeRule, Pool, Verdict
-from canaryproxy.window import (
+from canaryproxy.judge.window import (
     WINDOW_SLOTS,
     PoolWindow,
     format_odds,
@@ -92,6 +91,7 @@ from canaryproxy.window import (
     rounded,
     two_distinct,
 )
+from canaryproxy.vocabulary import EjectRule, JudgeRule, Pool, Verdict
 
 __all__ = ["BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
 

@@ -43,10 +43,9 @@ from aiohttp import web
 from rich.console import Console
 from rich.live import Live
 
-from canaryproxy.accesslog import AccessLog
 from canaryproxy.app import Proxy
-from canaryproxy.config import Config, parse_config
-from canaryproxy.demo_view import (
+from canaryproxy.config.load import Config, parse_config
+from canaryproxy.demo.view import (
     SERVICE,
     RateMeter,
     State,
@@ -55,7 +54,8 @@ from canaryproxy.demo_view import (
     request_totals,
     status_line,
 )
-from canaryproxy.store import SqliteStateStore
+from canaryproxy.outcomes.accesslog import AccessLog
+from canaryproxy.state.store import SqliteStateStore
 
 __all__ = ["demo_config", "run_demo"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 
-from canaryproxy import http11
-from canaryproxy.http11 import FORWARDED, HOP_BY_HOP, VIA, BadRequest, Headers
+from canaryproxy.http import http11
+from canaryproxy.http.http11 import FORWARDED, HOP_BY_HOP, VIA, BadRequest, Headers
 
 _request_ids = random.Random()  # ids need to be unique, not secret
 

@@ -12,7 +12,7 @@ Rules this module keeps:
   proxy instances can be added later without touching its callers.
 - Calls are blocking. Operator changes run them in a worker thread (`asyncio.to_thread`); an
   automatic ejection saves on the event loop itself, at once, so that a crash a moment later
-  cannot bring the canary back (state.py). One lock serialises them, so any thread may call.
+  cannot bring the canary back (runtime.py). One lock serialises them, so any thread may call.
 """
 
 from __future__ import annotations

@@ -22,15 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from canaryproxy.balancer import SmoothWeightedRoundRobin
-from canaryproxy.health import BackendHealth, is_failure_status
-from canaryproxy.routing import ServiceMatcher, bucket_for_key, decide_pool, service_salt
-from canaryproxy.sticky import CookieCodec, find_cookie
+from canaryproxy.decide.balancer import SmoothWeightedRoundRobin
+from canaryproxy.decide.health import BackendHealth, is_failure_status
+from canaryproxy.decide.routing import ServiceMatcher, bucket_for_key, decide_pool, service_salt
+from canaryproxy.decide.sticky import CookieCodec, find_cookie
 from canaryproxy.vocabulary import FailureKind, Mode, Pool, hostport
 
 if TYPE_CHECKING:
-    from canaryproxy.config import BackendConfig, ServiceConfig
-    from canaryproxy.request import RequestHead
+    from canaryproxy.config.load import BackendConfig, ServiceConfig
+    from canaryproxy.http.request import RequestHead
 
 
 class Knobs(Protocol):

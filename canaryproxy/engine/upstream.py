@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from canaryproxy.deadline import Watchdog
+from canaryproxy.engine.deadline import Watchdog
 from canaryproxy.vocabulary import hostport
 
 if TYPE_CHECKING:
-    from canaryproxy.exchange import Exchange
+    from canaryproxy.engine.exchange import Exchange
 
 IDLE_TIMEOUT = 4.0  # longest a pooled connection stays idle (under common 5 s backends)
 SWEEP_INTERVAL = 1.0

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from canaryproxy.store import AuditEntry, ServiceRecord, StateStore
+from canaryproxy.state.store import AuditEntry, ServiceRecord, StateStore
 from canaryproxy.vocabulary import EjectRule, WeightSource
 
 log = logging.getLogger("canaryproxy.state")

@@ -3,7 +3,7 @@
 Rules this module keeps (SPEC "Configuration file"):
 - every key but ``services`` is optional and has a safe default; unknown keys are errors;
 - values are parsed, not coerced: ``true`` is not a number and ``"10"`` is not a weight;
-- every parser raises ValueError carrying the message only; config.py adds the key path;
+- every parser raises ValueError carrying the message only; load.py adds the key path;
 - checks that span several keys raise ``Problems``, naming the key each problem sits at.
 ``limits`` and ``metrics`` are canaryproxy extensions to the SPEC file format.
 """
@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from canaryproxy.durations import (
+from canaryproxy.config.durations import (
     duration,
     format_duration,
     fraction,

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 
 import aiohttp
 
-from canaryproxy.config import HealthCheckConfig
-from canaryproxy.director import BackendRuntime
-from canaryproxy.health import ActiveCheck, is_check_success, next_check_delay
-from canaryproxy.service import Service
+from canaryproxy.config.load import HealthCheckConfig
+from canaryproxy.decide.director import BackendRuntime
+from canaryproxy.decide.health import ActiveCheck, is_check_success, next_check_delay
+from canaryproxy.runtime.service import Service
 
 log = logging.getLogger("canaryproxy.health")
 

@@ -26,14 +26,14 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from canaryproxy.budget import BudgetParams, Ejection, Judge
-from canaryproxy.config import Config, ServiceConfig
-from canaryproxy.director import BackendRuntime, Director, Outcome, ServiceRouting
-from canaryproxy.health import ActiveCheck, BackendHealth, OutlierDetector
-from canaryproxy.metrics import Metrics, ServiceMetrics
-from canaryproxy.state import Conflict, RuntimeState, ServiceState
-from canaryproxy.sticky import CookieCodec
-from canaryproxy.store import ServiceRecord
+from canaryproxy.config.load import Config, ServiceConfig
+from canaryproxy.decide.director import BackendRuntime, Director, Outcome, ServiceRouting
+from canaryproxy.decide.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.decide.sticky import CookieCodec
+from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
+from canaryproxy.outcomes.metrics import Metrics, ServiceMetrics
+from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState
+from canaryproxy.state.store import ServiceRecord
 from canaryproxy.vocabulary import EjectRule, FailureKind, Mode, Pool, Verdict
 
 __all__ = ["Conflict", "Env", "Service", "Services"]

@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
-from canaryproxy import http11
-from canaryproxy.deadline import Watchdog
-from canaryproxy.exchange import Exchange
-from canaryproxy.http11 import BadRequest
-from canaryproxy.request import RequestHead, read_head
+from canaryproxy.engine.deadline import Watchdog
+from canaryproxy.engine.exchange import Exchange
+from canaryproxy.http import http11
+from canaryproxy.http.http11 import BadRequest
+from canaryproxy.http.request import RequestHead, read_head
 
 if TYPE_CHECKING:
-    from canaryproxy.config import LimitsConfig
-    from canaryproxy.director import Director, Outcome, Route
-    from canaryproxy.upstream import ConnectionPool
+    from canaryproxy.config.load import LimitsConfig
+    from canaryproxy.decide.director import Director, Outcome, Route
+    from canaryproxy.engine.upstream import ConnectionPool
 
 MAX_HEADERS = 100
 LINGER_SECONDS = 2.0  # how long a closing connection still reads and discards

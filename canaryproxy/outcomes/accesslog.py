@@ -14,7 +14,7 @@ from json.encoder import encode_basestring as _quote  # C-accelerated
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from canaryproxy.director import BackendRuntime, Outcome
+    from canaryproxy.decide.director import BackendRuntime, Outcome
 
 FLUSH_INTERVAL = 0.5
 FLUSH_BYTES = 64 * 1024

@@ -62,7 +62,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Final, Generic, TypeVar
 
-from canaryproxy.sticky import StickyValue
+from canaryproxy.decide.sticky import StickyValue
 from canaryproxy.vocabulary import USER_BUCKETS, Mode, Pool
 
 __all__ = [

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from canaryproxy.accesslog import AccessLog, access_line
+from canaryproxy.outcomes.accesslog import AccessLog, access_line
 
 if TYPE_CHECKING:
-    from canaryproxy.director import Outcome, Route
-    from canaryproxy.metrics import Metrics
+    from canaryproxy.decide.director import Outcome, Route
+    from canaryproxy.outcomes.metrics import Metrics
 
 
 class Recorder:
