@@ -28,7 +28,7 @@ from canaryproxy.judge.budget import BudgetParams, Ejection, Judge, Pool
 
 RPS = 100.0
 LATENCY = 0.05
-PARAMS = BudgetParams()  # the SPEC's example error_budget, no p99 rule
+PARAMS = BudgetParams()  # the example config's error_budget, no p99 rule
 SHARES = (0.01, 0.05, 0.20)
 STABLE_RATES = (0.001, 0.005, 0.02)
 

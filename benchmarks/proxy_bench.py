@@ -416,7 +416,7 @@ def sticky_cookie(url: str) -> str:
     cookie = set_cookie.split(";", 1)[0].strip()
     again = urllib.request.Request(url, headers={"Cookie": cookie})
     with urllib.request.urlopen(again, timeout=5) as response:
-        if response.headers.get("Set-Cookie"):  # SPEC: a valid cookie is not set again
+        if response.headers.get("Set-Cookie"):  # documented: a valid cookie is not set again
             raise BenchError(f"canaryproxy replaced the cookie it set ({cookie}): not valid")
     return cookie
 

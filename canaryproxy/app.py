@@ -134,7 +134,7 @@ class Proxy:
         await self.loops.start(self.services)
 
     async def stop(self) -> None:
-        """Drain (SPEC: finish in-flight requests within the grace period), flush, close."""
+        """Drain (finish in-flight requests within the grace period), flush, close."""
         await self.server.drain(self.config.limits.drain_timeout)
         await self.loops.close()
         if self.admin_runner is not None:

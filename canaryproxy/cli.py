@@ -1,6 +1,6 @@
 """Command line: parse arguments, load the config, hand over. No logic lives here.
 
-Exit codes (SPEC.md "Command line"): 0 clean stop, 2 bad config or usage, 1 any other
+Exit codes (the README's "Command line"): 0 clean stop, 2 bad config or usage, 1 any other
 fatal error.
 """
 

@@ -1,7 +1,7 @@
 """The product's words, declared once: pools, verdicts, failure kinds, ejection rules.
 
 Every module spells these through the ``Literal`` types and tuples below; the tuples are
-also the metric label values (exactly the SPEC's), so a word outside them is a bug that
+also the metric label values (exactly the documented ones), so a word outside them is a bug that
 ``require`` turns into an error instead of a dropped sample or a new label value.
 
 Rules this module keeps:

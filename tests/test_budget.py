@@ -55,7 +55,7 @@ def number(judge: Judge, key: str, now: float = 0.0) -> float:
 
 
 def step_by_hand(ratio: int, w: float, from_canary: bool) -> float:
-    """The SPEC's update written from its definition, not from the module's algebra."""
+    """The documented update written from its definition, not from the module's algebra."""
     q = ratio * w / (ratio * w + 1 - w)
     return math.log(q / w) if from_canary else math.log((1 - q) / (1 - w))
 

@@ -1,4 +1,4 @@
-"""Config loading: the SPEC example, defaults, every error with its key path, all at once."""
+"""Config loading: the reference example, defaults, every error with its key path, all at once."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ TOKEN_HINT = "must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
 ADDRESS_HINT = "must be host:port, [IPv6]:port or :port"
 NETWORK_HINT = "must be an IP address or CIDR network like 10.0.0.0/8"
 
-# --- the SPEC example and the minimal config ---------------------------------------------
+# --- the reference example and the minimal config ---------------------------------------------
 
 
 def test_spec_example_parses_with_expected_values() -> None:

@@ -436,7 +436,7 @@ def test_dashboard_query_uses_exposed_metrics(where: str, expr: str, exposed: Ex
     assert problems_in(expr, exposed) == []
 
 
-# The metric names of SPEC.md's "Metrics" table: the dashboard uses these and no others.
+# The metric names of the README's "Metrics" table: the dashboard uses these and no others.
 SPEC_METRICS = {
     "canaryproxy_requests_total",
     "canaryproxy_request_duration_seconds",

@@ -115,7 +115,7 @@ def cookie_header(codec: CookieCodec, kind: str) -> tuple[bytes, bytes] | None:
 def expected(
     override: str | None, cookie: str, mode: str, weight: float, ejected: bool, healthy: bool
 ) -> tuple[Pool, Pool]:
-    """(decided pool, pool that serves) by the SPEC's rules; the cookie's bucket is 100."""
+    """(decided pool, pool that serves) by the documented rules; the cookie's bucket is 100."""
     open_canary = not ejected
     if override == "always" and open_canary:
         decided: Pool = "canary"
@@ -159,7 +159,7 @@ def test_decision_table(
     decided, serving = expected(override, cookie, mode, weight, ejected, healthy)
     assert (route.decided, served) == (decided, serving)
     if decided == "canary" and not healthy:
-        # served by stable, charged to the canary (SPEC "Routing")
+        # served by stable, charged to the canary (the README's "Routing")
         assert recorder.fallbacks == [("web", "canary", "stable")]
         assert recorder.failed == [("web", "canary", "unavailable")]
     if route.set_cookie is not None:

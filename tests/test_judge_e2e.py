@@ -1,4 +1,4 @@
-"""The canary's judgement and backend health through real sockets (SPEC.md "Error budget")."""
+"""The canary's judgement and backend health through real sockets (README "The error budget")."""
 
 from __future__ import annotations
 

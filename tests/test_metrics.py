@@ -113,7 +113,7 @@ def label_sets(families: dict[str, Metric], name: str) -> list[Labels]:
     return [s.labels for s in families[name].samples if not s.name.endswith("_created")]
 
 
-# --- the SPEC table --------------------------------------------------------------------------
+# --- the documented table --------------------------------------------------------------------
 
 SPEC_TABLE = [
     ("canaryproxy_requests", "counter", {"service", "pool", "code"}),

@@ -1,6 +1,6 @@
 """Upstream failures end to end: retries, 502/503/504, aborts, 499, and who is charged.
 
-SPEC.md "Proxying": only connect failures and requests provably never sent are retried; a
+the README's "Proxying": only connect failures and requests provably never sent are retried; a
 request that may have reached a backend with a body is never sent twice; failures count
 against the pool that caused them.
 """
@@ -487,7 +487,7 @@ async def test_upstream_5xx_is_charged_to_its_pool(weight: int, pool: str) -> No
 
 
 async def test_canary_failure_saved_by_stable_is_charged_to_canary(backend: Backend) -> None:
-    # SPEC: failures count against the pool that caused them, also when a retry on another
+    # Documented: failures count against the pool that caused them, also when a retry on another
     # pool saved the request; the response itself is counted under the pool that served it.
     config = make_config({"web": service([backend.url], [dead_url()], canary_weight=100)})
     async with start_proxy(config) as proxy:

@@ -1,4 +1,4 @@
-"""Sticky cookies and bucketing through real sockets (SPEC.md "Routing")."""
+"""Sticky cookies and bucketing through real sockets (the README's "Routing")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The admin HTTP API (SPEC.md "Admin API"), an aiohttp application.
+"""The admin HTTP API ("Admin API" in the README), an aiohttp application.
 
 Rules this module keeps:
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the admin API, served at GET /admin/openapi.json.
 
-It is the machine-readable form of SPEC.md "Admin API" and is what tests/test_admin.py checks
+It is the machine-readable form of the README's "Admin API" and is what tests/test_admin.py checks
 the running API against (with schemathesis). Request-body limits here are the ones api.py
 enforces: change them together.
 """
@@ -252,7 +252,7 @@ _SCHEMAS: Schema = {
     },
     "State": {
         "type": "object",
-        "description": "A service's runtime state (SPEC.md, Admin API). More keys may appear.",
+        "description": "A service's runtime state (README, Admin API). More keys may appear.",
         "required": [
             "name",
             "canary_weight",

@@ -1,4 +1,4 @@
-"""Load the YAML config file into frozen typed objects (SPEC "Configuration file").
+"""Load the YAML config file into frozen typed objects (the README's "Configuration").
 
 Rules this module keeps:
 - every error names its key path (``services.web.canary_weight: must be between 0 and

@@ -1,11 +1,11 @@
 """The configuration schema: frozen typed objects, and a parser for each kind of value.
 
-Rules this module keeps (SPEC "Configuration file"):
+Rules this module keeps (the README's "Configuration"):
 - every key but ``services`` is optional and has a safe default; unknown keys are errors;
 - values are parsed, not coerced: ``true`` is not a number and ``"10"`` is not a weight;
 - every parser raises ValueError carrying the message only; load.py adds the key path;
 - checks that span several keys raise ``Problems``, naming the key each problem sits at.
-``limits`` and ``metrics`` are canaryproxy extensions to the SPEC file format.
+``limits`` and ``metrics`` are canaryproxy extensions to the documented file format.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from canaryproxy.config.durations import (
     show,
     whole,
 )
+from canaryproxy.vocabulary import hostport
 
 # parse_config passes this as the validation context; Python callers building objects
 # directly do not, so they may set fields the file may not (ServiceConfig.name).
@@ -58,7 +59,7 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ def parse_backend_url(value: object) -> str:
     if port == 0:
         raise ValueError(f"port must be between 1 and 65535, got {show(value)}")
     host = str(parts.hostname)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port or 80}"
+    return f"http://{hostport(host, port or 80)}"
 
 
 def parse_host_pattern(value: object) -> str:

@@ -1,4 +1,4 @@
-"""Which service, and which pool, serves a request (SPEC "Routing"). Pure: no I/O, no clock.
+"""Which service, and which pool, serves a request (the README's "Routing"). Pure: no I/O, no clock.
 
 Service matching (``ServiceMatcher``):
 
@@ -15,8 +15,8 @@ Service matching (``ServiceMatcher``):
   that remains (the same prefix and host pattern in two services) goes to the service
   listed first. No fitting route → ``None`` (the proxy answers 404).
 
-The pool decision (``decide_pool``), in SPEC order; "open" means the service has a
-canary and it is not ejected:
+The pool decision (``decide_pool``), in the documented order (README "Routing"); "open"
+means the service has a canary and it is not ejected:
 
 1. Override header ``always`` / ``never`` (any case, surrounding spaces ignored; any
    other value is ignored): canary iff ``always`` and open, else stable. An override
@@ -50,7 +50,7 @@ canary and no valid cookie, where nothing was chosen and pinning users to stable
 keep them off a canary added later. Ejected → everyone stable.
 
 Not decided here: a canary with no healthy backend. The decision still says canary;
-the caller serves the request from stable and charges the canary (SPEC).
+the caller serves the request from stable and charges the canary (README "Routing").
 
 Bucketing keys (``bucket_for_key``): BLAKE2b-64 keyed with the service salt, reduced
 modulo 10,000 (the modulo bias, 10⁴/2⁶⁴, is negligible). Deterministic across

@@ -6,7 +6,7 @@ Rules this module keeps:
   ``c.317.2.1767225600.<43 base64url chars>``. ``pool`` is ``s`` (stable) or ``c``
   (canary); the numbers are plain decimal ASCII without leading zeros. It names a pool,
   never a backend, so it reveals no address; with the default name ``cp_pool`` the
-  whole ``name=value`` pair is about 75 bytes (SPEC: under 100).
+  whole ``name=value`` pair is about 75 bytes (documented: under 100).
 - The signature is an ``itsdangerous.Signer`` HMAC-SHA256 over the payload. SHA-256
   rather than itsdangerous' default SHA-1: HMAC-SHA1 is not broken, but SHA-256 is what
   a security review expects today, costs the same here, and its 43 characters still

@@ -1,11 +1,11 @@
-"""``canaryproxy demo``: the whole product on one machine, in one process (SPEC.md "Demo").
+"""``canaryproxy demo``: the whole product on one machine, in one process.
 
 What runs, all on 127.0.0.1:
 
 - a stable backend answering ``v1.0`` (5–20 ms) and a canary backend answering ``v1.1``
   (8–30 ms) that fails ``failure_rate`` of its requests with a 500; stable fails 1 % too,
   as real servers do, so the comparative test has something to compare against;
-- the real proxy (``app.Proxy``) and its admin listener, on 8080 and 9901 (the SPEC's
+- the real proxy (``app.Proxy``) and its admin listener, on 8080 and 9901 (the example config's
   example ports) or, when either is taken, on ports the system picks; a generated admin
   token and cookie secret; its state file in a temp dir removed at exit;
 - 200 simulated users, 60 requests/s in all, each keeping its own sticky cookie;

@@ -13,7 +13,7 @@ from rich.text import Text
 SERVICE = "web"
 POOLS = ("stable", "canary")
 VERDICT_STYLES = {"healthy": "green", "ejected": "bold red", "shared_degradation": "yellow"}
-State = dict[str, Any]  # STATE as the admin API answers it (SPEC "Admin API")
+State = dict[str, Any]  # STATE as the admin API answers it (the README's "Admin API")
 
 
 class RateMeter:

@@ -1,6 +1,6 @@
 """One request/response through the proxy: route, connect, stream both ways, record.
 
-Rules (SPEC.md "Proxying"; RFC 9112 §9.3.1 for retries):
+Rules (the README's "Proxying"; RFC 9112 §9.3.1 for retries):
 - A connect failure (or connect timeout) is retried once on another backend of the pool,
   or of the other pool when this one has none left; the second failure answers 502.
 - A reused keep-alive connection that dies before any response byte is retried once on a

@@ -2,7 +2,7 @@
 
 Rules this module keeps:
 
-- Names, types and labels are the SPEC's "Metrics" table, exactly; the extras are marked below.
+- Names, types and labels are the README's "Metrics" table, exactly; the extras are marked below.
 - Label values come from the config (service, pool, backend) or from a fixed vocabulary in this
   module (kind, rule, verdict, outcome, result), never from request data. Anything else raises
   (KeyError for a name the config does not know, ValueError for a word outside the vocabulary),

@@ -9,7 +9,7 @@ Rules this module keeps:
 - Every rule about the canary's fate is written here once: an ejection by the judge or by
   an operator shows the same way (gauges, counter, verdict, log); ``restore`` starts the
   judgement afresh; ``verdict`` is ``ejected`` while the knobs say so, else the judge's.
-- Outcome accounting (SPEC "Metrics" and "Error budget"): ``requests_total`` counts final
+- Outcome accounting (the README's "Metrics" and "Error budget"): ``requests_total`` counts final
   responses under the pool that served them; proxy-made 502/504 under the pool whose
   backend failed, 503 under the pool decided; a 499 (client gone) is charged to no pool.
   The judge sees one outcome per attempt: a failed attempt as an error of that backend's
@@ -61,7 +61,7 @@ class Service:
     def __init__(
         self,
         config: ServiceConfig,
-        sticky_config: Config,
+        root: Config,
         env: Env,
         previous: Service | None,
         records: Mapping[str, ServiceRecord],
@@ -75,14 +75,17 @@ class Service:
             self.name, config.canary_weight, old_knobs, records
         )
         self.fallbacks: dict[str, int] = previous.fallbacks if previous is not None else {}
-        self._health_settings = (config.health_check, config.outlier_detection)
-        self._old_healths = previous.healths if previous is not None else {}
         # (pool, url) → (the health_check and outlier_detection it was built with, health)
         self.healths: dict[tuple[Pool, str], tuple[object, BackendHealth]] = {}
-        codec = _codec(config, sticky_config, env)
-        mode = _mode(sticky_config)
-        self.routing = ServiceRouting(config, self.knobs, self, codec, mode, self._health)
-        self._old_healths = {}
+        old = previous.healths if previous is not None else {}
+        self.routing = ServiceRouting(
+            config,
+            self.knobs,
+            self,
+            _codec(config, root, env),
+            _mode(root),
+            lambda pool, url: self._health(old, pool, url),
+        )
         labels = [(b.pool, b.url) for b in self.routing.all_backends()]
         self.metrics: ServiceMetrics
         if previous is not None:
@@ -97,20 +100,23 @@ class Service:
         return f"<Service {self.name} weight={weight:g} ejected={ejected}>"
 
     # building ----------------------------------------------------------------------------
-    def _health(self, pool: Pool, url: str) -> BackendHealth:
+    def _health(
+        self, old: Mapping[tuple[Pool, str], tuple[object, BackendHealth]], pool: Pool, url: str
+    ) -> BackendHealth:
         """A backend's health, kept across reloads unless its settings changed."""
-        known = self._old_healths.get((pool, url))
-        if known is not None and known[0] == self._health_settings:
+        hc, od = self.config.health_check, self.config.outlier_detection
+        settings = (hc, od)
+        known = old.get((pool, url))
+        if known is not None and known[0] == settings:
             health = known[1]
         else:
-            hc, od = self.config.health_check, self.config.outlier_detection
             health = BackendHealth(
                 ActiveCheck(hc.rise, hc.fall) if hc else None,
                 OutlierDetector(
                     od.consecutive_failures, od.base_ejection_time, od.max_ejection_time
                 ),
             )
-        self.healths[(pool, url)] = (self._health_settings, health)
+        self.healths[(pool, url)] = (settings, health)
         return health
 
     def _build_judge(self, previous: Service | None) -> Judge | None:
