@@ -33,7 +33,7 @@ from canaryproxy.outcomes.recorder import Recorder
 from canaryproxy.runtime.loops import Loops
 from canaryproxy.runtime.service import Env, Services
 from canaryproxy.state.runtime import RuntimeState
-from canaryproxy.state.store import SqliteStateStore, StateStore
+from canaryproxy.state.store import SqliteStateStore, StateError, StateStore
 from canaryproxy.vocabulary import hostport
 
 log = logging.getLogger("canaryproxy")
@@ -100,7 +100,8 @@ class Proxy:
         self.admin_address: tuple[str, int] = ("", 0)
 
     def install(self, services: Services) -> None:
-        """The one way a services table takes effect: at start, and swapped whole on reload."""
+        """The one way a reloaded services table takes effect, swapped whole everywhere it
+        is used: the engine's director, the admin API, the connection pools."""
         self.services = services
         self.ctx.director = services.director
         self.controller.services = services
@@ -142,8 +143,8 @@ class Proxy:
         await self.keeper.flush()
         self.access_log.flush()
         stream = self.access_log.stream
-        if self.owns_access_log and stream is not None and stream not in (sys.stdout, sys.stderr):
-            stream.close()
+        if self.owns_access_log:
+            _close_log(stream)
         self.store.close()
 
     def _swap_access_log(self, stream: IO[str] | None) -> None:
@@ -151,8 +152,7 @@ class Proxy:
         old = self.access_log.stream
         self.access_log.flush()
         self.access_log.stream = stream
-        if old is not None and old not in (sys.stdout, sys.stderr):
-            old.close()
+        _close_log(old)
 
     def tick(self) -> None:
         """Refresh gauges that follow from time passing (health cool-offs, verdicts)."""
@@ -161,8 +161,8 @@ class Proxy:
     async def reload(self) -> bool:
         """SIGHUP: swap in a new config; a bad one is refused and the running one stays.
 
-        Everything that can fail (parsing, opening the access log) happens before anything
-        changes; reloads run one at a time.
+        Everything that can fail (parsing, opening the access log, reading the state store)
+        happens before anything changes; reloads run one at a time.
         """
         async with self._reload_lock:
             return await self._reload()
@@ -177,14 +177,21 @@ class Proxy:
         except OSError as exc:
             return self._refuse_reload([f"access_log: cannot open {config.access_log}: {exc}"])
         await self.keeper.flush()  # an ejection being persisted must not be read back stale
+        # Rotation by SIGHUP: new cookies are signed with the new first secret.
+        env = replace(self.env, secrets=config.sticky.secrets or self.env.secrets)
+        try:
+            services = Services.build(config, env, self.services)  # reads the store first
+        except StateError as exc:
+            _close_log(stream)
+            return self._refuse_reload([f"state: {exc}"])
+        # Nothing below can fail: the new config takes effect as a whole.
         if self.owns_access_log:
             self._swap_access_log(stream)
         self.config = config
-        if config.sticky.secrets:  # rotation by SIGHUP: new cookies signed with the new first
-            self.env = replace(self.env, secrets=config.sticky.secrets)
+        self.env = env
         if self.admin_runner is not None:
             set_token(self.admin_runner.app, config.admin.token)
-        self.install(Services.build(config, self.env, self.services))
+        self.install(services)
         self.ctx.limits = config.limits
         self.ctx.trusted_proxies = tuple(config.trusted_proxies)
         await self.loops.stop()
@@ -234,6 +241,11 @@ async def serve(config: Config, config_path: str | None) -> int:
     await proxy.stop()
     log.info("stopped")
     return 0
+
+
+def _close_log(stream: IO[str] | None) -> None:
+    if stream is not None and stream not in (sys.stdout, sys.stderr):
+        stream.close()
 
 
 def open_access_log(where: str) -> IO[str] | None:

@@ -60,15 +60,19 @@ def modules() -> list[tuple[str, Path]]:
     return found
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, name: str = "") -> set[str]:
+    """Absolute names of what ``path`` (module ``name``) imports; relative imports resolved."""
     names: set[str] = set()
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            if node.module == "canaryproxy":  # from canaryproxy import vocabulary
-                names.update(f"canaryproxy.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            if node.module is None or module == "canaryproxy":  # from . import x
+                names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -84,7 +88,7 @@ def upward_imports(name: str, path: Path) -> list[str]:
     own = unit_of(name)
     return sorted(
         imported
-        for imported in imports_of(path)
+        for imported in imports_of(path, name)
         if imported.startswith("canaryproxy.")
         and unit_of(imported) != own
         and RANK[unit_of(imported)] >= RANK[own]
@@ -124,5 +128,10 @@ def test_the_checks_catch_an_upward_or_io_import(tmp_path: Path) -> None:
     assert upward_imports("canaryproxy.decide.bad", bad) == [
         "canaryproxy.engine.exchange",
         "canaryproxy.judge",
+    ]
+    relative = tmp_path / "relative.py"
+    relative.write_text("from ..runtime.service import Service\nfrom . import routing\n")
+    assert upward_imports("canaryproxy.decide.relative", relative) == [
+        "canaryproxy.runtime.service"
     ]
     assert io_imports(bad) == ["asyncio", "canaryproxy.engine.exchange"]

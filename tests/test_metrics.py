@@ -53,7 +53,7 @@ class NamedMetrics:
                 self.services[name] = self.root.service(name, backends)
 
     def pool(self, service: str, pool: Pool) -> PoolMetrics:
-        return self.services[service].pool(pool)
+        return self.services[service].pools[pool]
 
     def set_weight(self, service: str, weight: float) -> None:
         self.services[service].set_weight(weight)

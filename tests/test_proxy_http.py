@@ -279,7 +279,7 @@ async def test_a_websocket_is_accounted_once_as_101(backend: Backend) -> None:
             assert (await ws.receive_str()) == "echo:hi"
             await asyncio.sleep(0.3)  # a tunnel's lifetime is not request latency
         await asyncio.sleep(0.7)  # let the access log flush
-        pool = proxy.proxy.services.get("web").metrics.pool("stable")
+        pool = proxy.proxy.services.get("web").metrics.pools["stable"]
         assert pool.codes == {101: 1}
         attempts = proxy.proxy.registry.get_sample_value(
             "canaryproxy_upstream_attempts_total",

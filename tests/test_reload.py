@@ -16,7 +16,7 @@ from canaryproxy.app import Proxy
 from canaryproxy.config.load import load_config
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.outcomes.accesslog import AccessLog
-from canaryproxy.state.store import MemoryStateStore
+from canaryproxy.state.store import MemoryStateStore, StateError
 from tests.support import LOCAL, Backend
 
 
@@ -162,7 +162,7 @@ async def test_a_reload_that_cannot_open_its_access_log_changes_nothing(
         assert not await proxy.reload()
         assert list(proxy.config.services) == ["web"]
         assert proxy.services.names() == ["web"]
-        assert proxy.services.get("web").metrics.pool("canary") is not None
+        assert proxy.services.get("web").metrics.pools["canary"] is not None
         proxy.tick()  # still consistent
 
 
@@ -174,3 +174,41 @@ async def test_reloads_run_one_at_a_time(path: Path, pools: tuple[Backend, Backe
         before = len(proxy.loops.tasks)
         assert all(await asyncio.gather(proxy.reload(), proxy.reload(), proxy.reload()))
         assert len(proxy.loops.tasks) == before
+
+
+class FailingLoads(MemoryStateStore):
+    """A store that stops answering reads once told to (a disk gone bad after start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def load(self) -> dict[str, Any]:
+        if self.broken:
+            raise StateError("state file x.db: disk I/O error")
+        return super().load()
+
+
+async def test_a_reload_that_cannot_read_the_state_store_changes_nothing(
+    path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    write(path, stable, canary, canary_weight=5)
+    store = FailingLoads()
+    proxy = Proxy(load_config(path), config_path=str(path), store=store, access_log=AccessLog(None))
+    await proxy.start()
+    try:
+        services, env, config = proxy.services, proxy.env, proxy.config
+        rewrite(
+            path,
+            lambda c: c.update(admin={**c["admin"], "token": "new"}, sticky={"secrets": ["z"]}),
+        )
+        store.broken = True
+        assert not await proxy.reload()
+        assert (proxy.services, proxy.env, proxy.config) == (services, env, config)
+        assert proxy.config.admin.token == "t"
+        samples = proxy.metrics.exposition()[0].decode()
+        assert 'canaryproxy_config_reloads_total{result="failed"} 1.0' in samples
+    finally:
+        store.broken = False
+        await proxy.stop()

@@ -206,7 +206,7 @@ async def test_every_failure_kind_is_accounted_and_an_unknown_one_is_an_error(
             web.attempt_failed("stable", kind)
         with pytest.raises(ValueError, match="unknown upstream error kind"):
             web.attempt_failed("stable", "unavalable")  # type: ignore[arg-type]
-        errors = web.metrics.pool("stable").upstream_error
+        errors = web.metrics.pools["stable"].upstream_error
         with pytest.raises(ValueError, match="expected one of: connect, timeout, reset, protocol"):
             errors("unavailable")  # the judge's word, no backend's error
         evidence = web.state()["evidence"]
@@ -236,3 +236,55 @@ async def test_a_reload_keeps_each_services_knobs_series_and_health(
     assert after.routing.stable.backends[0].health is before.routing.stable.backends[0].health
     assert proxy.proxy.controller.services is proxy.proxy.services
     assert proxy.proxy.ctx.director is proxy.proxy.services.director
+
+
+# --- requests and operators across a reload --------------------------------------------------
+
+
+async def test_outcomes_in_flight_across_a_reload_reach_the_judge_in_force(
+    pools: tuple[Backend, Backend],
+) -> None:
+    stable, canary = pools
+    web = service([stable.url], [canary.url], canary_weight=50)
+    api = service([stable.url], [canary.url], canary_weight=50, match={"path_prefix": "/api"})
+    config = make_config({"web": web, "api": api})
+    changed = make_config(
+        {"web": {**web, "error_budget": {"min_requests": 7}}}  # a new judge; api removed
+    )
+    async with start_proxy(config) as proxy:
+        app = proxy.proxy
+        old_web, old_api = app.services.get("web"), app.services.get("api")
+        old_judge = old_web.judge
+        app.install(type(app.services).build(changed, app.env, app.services))
+        new_web = app.services.get("web")
+        assert new_web.judge is not old_judge
+        old_web.attempt_failed("canary", "connect")  # a request routed before the reload
+        for _ in range(50):
+            old_api.attempt_failed("canary", "connect")  # its service is gone
+        assert old_api.judge is None
+        assert not old_api.knobs.is_ejected  # a discarded judge ejects nothing
+        assert new_web.judge is not None
+        assert old_judge is not None
+        assert new_web.judge.evidence(0.0)["canary"]["errors"] == 1  # type: ignore[index]
+        assert old_judge.evidence(0.0)["canary"]["errors"] == 0  # type: ignore[index]
+
+
+async def test_a_restore_saved_across_a_reload_restores_the_judge_in_force(
+    pools: tuple[Backend, Backend],
+) -> None:
+    stable, canary = pools
+    web = service([stable.url], [canary.url], canary_weight=50)
+    config = make_config({"web": web})
+    changed = make_config({"web": {**web, "error_budget": {"min_requests": 7}}})
+    async with start_proxy(config) as proxy:
+        app = proxy.proxy
+        await app.controller.eject("web", "bad build", "test")
+        restoring = asyncio.ensure_future(app.controller.restore("web", 20, "test"))
+        await asyncio.sleep(0)  # the restore is being saved (in a thread)
+        app.install(type(app.services).build(changed, app.env, app.services))
+        state = await restoring
+    assert state["ejected"] is False
+    assert state["verdict"] != "ejected"
+    judge = app.services.get("web").judge
+    assert judge is not None
+    assert not judge.is_ejected

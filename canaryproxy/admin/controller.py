@@ -30,16 +30,18 @@ class Controller:
         return self.services.get(name).state()  # KeyError → 404
 
     async def set_weight(self, name: str, weight: float, who: str) -> State:
-        service = self.services.get(name)
-        await service.set_weight(weight, who)
-        return service.state()
+        await self.services.get(name).set_weight(weight, who)
+        return self._state_after(name)
 
     async def eject(self, name: str, reason: str | None, who: str) -> State:
-        service = self.services.get(name)
-        await service.eject(reason, who)
-        return service.state()
+        await self.services.get(name).eject(reason, who)
+        return self._state_after(name)
 
     async def restore(self, name: str, weight: float | None, who: str) -> State:
-        service = self.services.get(name)
-        await service.restore(weight, who)
-        return service.state()
+        await self.services.get(name).restore(weight, who)
+        return self._state_after(name)
+
+    def _state_after(self, name: str) -> State:
+        """STATE once a change is saved, from the table in force then: a reload may have
+        swapped it while the change was being persisted."""
+        return self.services.get(name).state()

@@ -55,6 +55,7 @@ class Exchange:
         "is_done",
         "is_local",
         "is_tunnel",
+        "limits",
         "req_done",
         "resp_chunked",
         "resp_close",
@@ -74,6 +75,7 @@ class Exchange:
     def __init__(self, down: Downstream, head: RequestHead) -> None:
         self.down = down
         self.ctx: ProxyContext = down.ctx
+        self.limits = down.limits  # the connection's: a reload does not change them mid-way
         self.head = head
         self.route: Route | None = None
         self.backend: BackendRuntime | None = None
@@ -169,6 +171,8 @@ class Exchange:
         assert self.route is not None
         self.conn = conn
         conn.attach(self)
+        if self.client_paused_at:  # the client is not taking bytes: neither do we, yet
+            conn.pause_reading()
         if self.head.host:
             conn.write(self.upstream_head)
         else:
@@ -227,7 +231,7 @@ class Exchange:
         conn = self.conn
         if conn is not None:
             conn.pause_reading()
-            conn.watch(now + self.ctx.limits.body_timeout)
+            conn.watch(now + self.limits.body_timeout)
 
     def client_write_resumed(self) -> None:
         self.client_paused_at = 0.0
@@ -379,7 +383,7 @@ class Exchange:
             if self.client_paused_at:
                 # The client is the slow side; one that stops reading altogether for
                 # body_timeout is cut off (nginx's send_timeout), charged to no pool.
-                due = self.client_paused_at + self.ctx.limits.body_timeout
+                due = self.client_paused_at + self.limits.body_timeout
                 if now >= due:
                     self._drop_conn()
                     self.down.abort()

@@ -184,6 +184,7 @@ class UpstreamConn(asyncio.Protocol):
     def park(self) -> None:
         self.exchange = None
         self.idle_since = self.pool.loop.time()
+        self.resume_reading()  # a client's backpressure ends with its exchange
 
     def watch(self, deadline: float) -> None:
         """Have the watchdog look at this connection's exchange by ``deadline``.

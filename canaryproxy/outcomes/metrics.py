@@ -9,8 +9,8 @@ Rules this module keeps:
   so a bug cannot explode cardinality silently. `code` is a status code the proxy itself sent,
   bounded to 100–599 (RFC 9110 §15), so at most 500 series per pool.
 - The hot path is cheap: every `.labels(...)` child is resolved once — at startup, or on first
-  use of a status code — and the engine holds one `PoolMetrics` per (service, pool), so a
-  request costs two dict lookups, a counter increment and a histogram observation.
+  use of a status code — and each service holds one `PoolMetrics` per pool, so a request
+  costs two dict lookups, a counter increment and a histogram observation.
 - Series that exist for a service exist from the start (zero), so `rate()` and alerts see them
   before the first event.
 """
@@ -157,7 +157,7 @@ class Level:
 
 
 class PoolMetrics:
-    """The request-path recorder of one (service, pool); built at startup, held by the engine.
+    """The request-path recorder of one (service, pool), held by its service's ServiceMetrics.
 
     Responses, durations, attempts and in-flight requests — touched on every request — are plain
     numbers that ``_RequestCollector`` turns into Prometheus families at scrape time: no lock
@@ -346,10 +346,6 @@ class ServiceMetrics:
             fam.ejections.remove(name, rule)
         for verdict in VERDICTS:
             fam.verdict.remove(name, verdict)
-
-    def pool(self, pool: Pool) -> PoolMetrics:
-        """The recorder for one pool; KeyError if the config has no such pool."""
-        return self.pools[pool]
 
     def set_weight(self, weight: float) -> None:
         """The effective canary weight in percent (the caller passes 0 while ejected)."""

@@ -36,7 +36,7 @@ from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState
 from canaryproxy.state.store import ServiceRecord
 from canaryproxy.vocabulary import EjectRule, FailureKind, Mode, Pool, Verdict
 
-__all__ = ["Conflict", "Env", "Service", "Services"]
+__all__ = ["Env", "Service", "Services"]
 
 log = logging.getLogger("canaryproxy.judge")
 
@@ -98,6 +98,17 @@ class Service:
     def __repr__(self) -> str:
         weight, ejected = self.effective_weight, self.knobs.is_ejected
         return f"<Service {self.name} weight={weight:g} ejected={ejected}>"
+
+    def retire(self, successor: Service | None) -> None:
+        """A reload replaced this service (``successor``) or removed it (None).
+
+        Requests it routed may still be in flight: their outcomes must reach the judge that
+        judges now, or none, never a judge the reload discarded."""
+        if successor is None:
+            self.judge = None
+            self.metrics.remove()
+        else:
+            self.judge = successor.judge
 
     # building ----------------------------------------------------------------------------
     def _health(
@@ -318,16 +329,14 @@ class Services:
         services = [
             Service(sc, config, env, old.get(name), records) for name, sc in config.services.items()
         ]
-        for name, gone in old.items():
-            if name not in config.services:
-                gone.metrics.remove()
-        return cls(services, env)
+        table = cls(services, env)
+        for name, retired in old.items():
+            successor = table._by_name.get(name)
+            retired.retire(successor)
+        return table
 
     def __iter__(self) -> Iterator[Service]:
         return iter(self._by_name.values())
-
-    def __len__(self) -> int:
-        return len(self._by_name)
 
     def names(self) -> list[str]:
         return list(self._by_name)
