@@ -36,7 +36,7 @@ from canaryproxy.config.durations import (
     show,
     whole,
 )
-from canaryproxy.vocabulary import hostport
+from canaryproxy.vocabulary import Mode, hostport
 
 # parse_config passes this as the validation context; Python callers building objects
 # directly do not, so they may set fields the file may not (ServiceConfig.name).
@@ -205,7 +205,7 @@ class StickyConfig(_Frozen):
     max_age: PositiveDuration = 86400.0
     secure: bool = Field(default=False, strict=True)
     same_site: Literal["Strict", "Lax", "None"] = "Lax"
-    mode: Literal["session", "cohort"] = "session"
+    mode: Mode = "session"
 
     @model_validator(mode="after")
     def _none_needs_secure(self) -> Self:

@@ -10,8 +10,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from canaryproxy.vocabulary import POOLS
+
 SERVICE = "web"
-POOLS = ("stable", "canary")
 VERDICT_STYLES = {"healthy": "green", "ejected": "bold red", "shared_degradation": "yellow"}
 State = dict[str, Any]  # STATE as the admin API answers it (the README's "Admin API")
 

@@ -34,7 +34,7 @@ from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
 from canaryproxy.outcomes.metrics import Metrics, ServiceMetrics
 from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState
 from canaryproxy.state.store import ServiceRecord
-from canaryproxy.vocabulary import EjectRule, FailureKind, Mode, Pool, Verdict
+from canaryproxy.vocabulary import POOLS, EjectRule, FailureKind, Pool, Verdict
 
 __all__ = ["Env", "Service", "Services"]
 
@@ -83,7 +83,7 @@ class Service:
             self.knobs,
             self,
             _codec(config, root, env),
-            _mode(root),
+            root.sticky.mode,
             lambda pool, url: self._health(old, pool, url),
         )
         labels = [(b.pool, b.url) for b in self.routing.all_backends()]
@@ -291,8 +291,7 @@ class Service:
             "verdict": self.verdict(now),
             "evidence": judge.evidence(now) if judge else {},
             "window": {
-                pool: judge.window_stats(pool, now) if judge else _empty_window()
-                for pool in ("stable", "canary")
+                pool: judge.window_stats(pool, now) if judge else _empty_window() for pool in POOLS
             },
             "fallbacks": dict(self.fallbacks),
             "backends": [
@@ -362,10 +361,6 @@ def _codec(config: ServiceConfig, root: Config, env: Env) -> CookieCodec | None:
         same_site=sticky.same_site,
         salt=config.name,
     )
-
-
-def _mode(root: Config) -> Mode:
-    return "cohort" if root.sticky.mode == "cohort" else "session"
 
 
 def _health_state(backend: BackendRuntime, now: float, wall: float) -> dict[str, object]:
