@@ -171,8 +171,6 @@ class Exchange:
         assert self.route is not None
         self.conn = conn
         conn.attach(self)
-        if self.client_paused_at:  # the client is not taking bytes: neither do we, yet
-            conn.pause_reading()
         if self.head.host:
             conn.write(self.upstream_head)
         else:
@@ -266,6 +264,10 @@ class Exchange:
         if bodiless:
             self.on_response_complete()  # reads keep-alive from the parser: before the reset
             conn.reset_parser()  # llhttp does not know the request was HEAD
+        elif self.client_paused_at:
+            # The client stopped taking bytes before this response began: read no more of
+            # its body until it does (the head itself was read: the backend is not late).
+            conn.pause_reading()
 
     def _write_response_head(self, status: int, bodiless: bool) -> None:
         assert self.route is not None
