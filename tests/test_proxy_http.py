@@ -102,6 +102,24 @@ async def test_hop_by_hop_headers_are_stripped_both_ways(backend: Backend) -> No
     assert seen["x-end-to-end"] == "yes"
 
 
+async def test_header_names_with_an_underscore_are_dropped_and_counted(backend: Backend) -> None:
+    config = make_config({"web": service([backend.url])})
+    request = (
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n"
+        b"X-Forwarded-For: 203.0.113.9\r\nMy_Header: 1\r\nMy-Header: 2\r\nConnection: close\r\n\r\n"
+    )
+    async with start_proxy(config) as proxy:
+        response = await raw_request(proxy.port, request, read_timeout=1.0)
+        body = proxy.proxy.metrics.exposition()[0].decode()
+    assert status_of(response) == 200
+    names = [name for name, _ in backend.seen[0]["headers"]]
+    assert [n for n in names if "_" in n] == []
+    seen = headers_of(backend.seen[0])
+    assert seen["my-header"] == "2"
+    assert seen["x-forwarded-for"] == "127.0.0.1"  # an untrusted peer's chain is replaced
+    assert "canaryproxy_dropped_header_fields_total 2.0" in body
+
+
 async def test_upload_8mib_arrives_byte_identical(backend: Backend) -> None:
     config = make_config({"web": service([backend.url])})
     payload = os.urandom(8 * 1024 * 1024)
@@ -215,6 +233,45 @@ async def test_websocket_upgrade_is_proxied(backend: Backend) -> None:
             assert (await ws.receive_bytes()) == b"\x00\x01"
     seen = headers_of(backend.seen[0])
     assert seen["upgrade"].lower() == "websocket"
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [b"h2c", b"foo/1", b"websocket, h2c", b"tls/1.0"],
+    ids=["h2c", "unknown", "websocket-and-h2c", "tls"],
+)
+async def test_only_websocket_becomes_a_tunnel(upgrade: bytes) -> None:
+    heads: list[bytes] = []
+
+    async def h2c_capable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A backend that would switch to any protocol it is offered.
+        while True:
+            head = await read_head(reader)
+            heads.append(head)
+            if b"\r\nupgrade:" in head.lower():
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw_backend = await RawBackend(h2c_capable).start()
+    try:
+        config = make_config({"web": service([raw_backend.url])})
+        request = (
+            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: %b\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n" % upgrade
+        )
+        async with start_proxy(config) as proxy:
+            response = await raw_request(proxy.port, request, read_timeout=2.0)
+    finally:
+        await raw_backend.stop()
+    assert status_of(response) == 200
+    assert b"connection: close" in response.lower()
+    assert len(heads) == 1  # the bytes after the head never became a request or a tunnel
+    assert b"upgrade" not in heads[0].lower()
+    assert b"http2-settings" not in heads[0].lower()
+    assert b"/smuggled" not in heads[0]
 
 
 async def test_weighted_round_robin_exact_counts() -> None:

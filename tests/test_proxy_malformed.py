@@ -78,6 +78,10 @@ MALFORMED = [
     (b"GET / HTTP/1.1\nHost: a\n\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\nX-Other: 1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:0\r\n\r\n", 400),
+    (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET http://a:70000/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
 ]
 MALFORMED_IDS = [
     "garbage-request-line",
@@ -128,6 +132,10 @@ MALFORMED_IDS = [
     "bare-lf-inside-head",
     # RFC 9112 §6.3 allows merging identical values, but llhttp (strict) refuses any repeat.
     "duplicate-identical-content-length",
+    "host-port-above-65535",
+    "host-port-0",
+    "fragment-in-target",  # RFC 9112 §3.2: no fragment in a request-target
+    "absolute-form-port-above-65535",
 ]
 
 

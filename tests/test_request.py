@@ -70,6 +70,11 @@ def read(r: Raw, trusted: bool = False) -> RequestHead:
             ),
             400,
         ),
+        (raw([(b"Host", b"a:99999")]), 400),
+        (raw([(b"Host", b"a:0")]), 400),
+        (raw([(b"Host", b"a")], target=b"/a#frag"), 400),
+        (raw([(b"Host", b"a")], target=b"/a?q=1#frag"), 400),
+        (raw([(b"Host", b"a")], target=b"http://a/b#frag"), 400),
     ],
     ids=[
         "http2",
@@ -85,6 +90,11 @@ def read(r: Raw, trusted: bool = False) -> RequestHead:
         "asterisk-get",
         "ftp-target",
         "upgrade-body",
+        "host-port-99999",
+        "host-port-0",
+        "fragment",
+        "fragment-after-query",
+        "fragment-absolute-form",
     ],
 )
 def test_refused_heads(r: Raw, status: int) -> None:
@@ -140,6 +150,28 @@ def test_upstream_head_strips_hop_by_hop_and_sets_forwarding() -> None:
     chain = raw([(b"Host", b"a"), (b"X-Forwarded-For", b"10.1.1.1")])
     trusted = upstream_head(read(chain, trusted=True), None)
     assert b"X-Forwarded-For: 10.1.1.1, 192.0.2.7\r\n" in trusted  # trusted peer: appended
+
+
+def test_header_names_with_an_underscore_are_ignored_and_not_forwarded() -> None:
+    head = read(
+        raw(
+            [
+                (b"Host", b"app.test"),
+                (b"X_Forwarded_For", b"6.6.6.6"),
+                (b"X-Forwarded-For", b"203.0.113.1"),
+                (b"X_Request_Id", b"forged"),
+                (b"My_Header", b"1"),
+                (b"My-Header", b"2"),
+            ]
+        )
+    )
+    out = upstream_head(head, None).decode()
+    assert head.dropped_fields == 3
+    assert "_" not in out.split("\r\n", 1)[1]
+    assert "6.6.6.6" not in out
+    assert "forged" not in out
+    assert "My-Header: 2\r\n" in out
+    assert "X-Forwarded-For: 192.0.2.7\r\n" in out
 
 
 def test_only_connection_fields_name_hop_by_hop_headers() -> None:

@@ -301,26 +301,26 @@ def test_repr_hides_secrets() -> None:
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
-        ([], None),
-        ([b""], None),
-        ([b"cp_pool=abc"], "abc"),
-        ([b"a=1; cp_pool=abc; b=2"], "abc"),
-        ([b"a=1;cp_pool=abc;b=2"], "abc"),
-        ([b"a=1;  cp_pool = abc ;b=2"], "abc"),
-        ([b"a=1", b"cp_pool=abc"], "abc"),
-        ([b'cp_pool="abc"'], "abc"),
-        ([b"cp_pool=a=b"], "a=b"),
-        ([b"cp_pool="], ""),
-        ([b"cp_pool"], None),
-        ([b"xcp_pool=abc"], None),
-        ([b"cp_pool2=abc"], None),
-        ([b"CP_POOL=abc"], None),
-        ([b"other=cp_pool"], None),
-        ([b"cp_pool=abc; cp_pool=def"], None),
-        ([b"cp_pool=abc; cp_pool=abc"], None),
-        ([b"cp_pool=abc", b"x=1; cp_pool=def"], None),
-        ([b"xcp_pool=1; cp_pool=abc; cp_pool2=2"], "abc"),
-        ([b"cp_pool=\xff\xfe"], "\xff\xfe"),
+        ([], []),
+        ([b""], []),
+        ([b"cp_pool=abc"], ["abc"]),
+        ([b"a=1; cp_pool=abc; b=2"], ["abc"]),
+        ([b"a=1;cp_pool=abc;b=2"], ["abc"]),
+        ([b"a=1;  cp_pool = abc ;b=2"], ["abc"]),
+        ([b"a=1", b"cp_pool=abc"], ["abc"]),
+        ([b'cp_pool="abc"'], ["abc"]),
+        ([b"cp_pool=a=b"], ["a=b"]),
+        ([b"cp_pool="], [""]),
+        ([b"cp_pool"], []),
+        ([b"xcp_pool=abc"], []),
+        ([b"cp_pool2=abc"], []),
+        ([b"CP_POOL=abc"], []),
+        ([b"other=cp_pool"], []),
+        ([b"cp_pool=abc; cp_pool=def"], ["abc", "def"]),
+        ([b"cp_pool=abc; cp_pool=abc"], ["abc", "abc"]),
+        ([b"cp_pool=abc", b"x=1; cp_pool=def"], ["abc", "def"]),
+        ([b"xcp_pool=1; cp_pool=abc; cp_pool2=2"], ["abc"]),
+        ([b"cp_pool=\xff\xfe"], ["\xff\xfe"]),
     ],
     ids=[
         "no-header",
@@ -345,24 +345,41 @@ def test_repr_hides_secrets() -> None:
         "non-ascii-bytes",
     ],
 )
-def test_find(headers: list[bytes], expected: str | None) -> None:
-    assert make_codec().find(headers) == expected
+def test_find_all(headers: list[bytes], expected: list[str]) -> None:
+    assert make_codec().find_all(headers) == expected
 
 
 def test_find_then_decode_among_other_cookies() -> None:
     codec = make_codec()
     value = codec.encode("canary", 77, 9, NOW)
     header = b"session=xyz; cp_pool=" + value.encode() + b"; theme=dark"
-    found = codec.find([header])
-    assert found is not None
-    assert codec.decode(found, NOW) == StickyValue("canary", 77, 9, int(NOW), False)
+    assert codec.read([header], NOW) == StickyValue("canary", 77, 9, int(NOW), False)
 
 
 def test_non_ascii_found_value_decodes_to_none() -> None:
     codec = make_codec()
-    found = codec.find([b"cp_pool=\xc3\xa9" + VALID.encode()])
-    assert found is not None
+    (found,) = codec.find_all([b"cp_pool=\xc3\xa9" + VALID.encode()])
     assert codec.decode(found, NOW) is None
+    assert codec.read([b"cp_pool=\xc3\xa9" + VALID.encode()], NOW) is None
+
+
+def test_the_first_valid_of_several_sticky_cookies_counts() -> None:
+    codec = make_codec()
+    canary = codec.encode("canary", 12, 0, NOW)
+    stable = codec.encode("stable", 9000, 0, NOW)
+    pinned_canary = StickyValue("canary", 12, 0, int(NOW), False)
+    cases = [
+        [f"cp_pool=junk; cp_pool={canary}".encode()],
+        [b"cp_pool=junk", f"a=1; cp_pool={canary}".encode()],
+        [f"cp_pool={canary}; cp_pool={stable}".encode()],
+        [f"cp_pool={canary}".encode(), f"cp_pool={stable}".encode()],
+        [f"cp_pool={canary[:-2]}xx; cp_pool={canary}; cp_pool={stable}".encode()],
+    ]
+    for headers in cases:
+        assert codec.read(headers, NOW) == pinned_canary, headers
+    reordered = [f"cp_pool={stable}; cp_pool={canary}".encode()]
+    assert codec.read(reordered, NOW) == StickyValue("stable", 9000, 0, int(NOW), False)
+    assert codec.read([b"cp_pool=junk; cp_pool=more-junk"], NOW) is None
 
 
 @pytest.mark.parametrize(

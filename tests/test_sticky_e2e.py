@@ -174,9 +174,20 @@ async def test_secret_rotation(pools: tuple[Backend, Backend]) -> None:
         lambda v: ("c" if v[0] == "s" else "s") + v[1:],
         lambda v: v.replace(".", "..", 1),
         lambda v: "x" * 4000,
-        lambda v: v + "; cp_pool=" + v,
+        lambda v: "junk; cp_pool=" + v[:-1] + ("A" if v[-1] != "A" else "B"),
     ],
-    ids=["flipped", "truncated", "empty", "garbage", "pool-swapped", "extra-dot", "huge", "dup"],
+    # Two copies of a valid cookie are no tampering: the first valid one counts (see
+    # test_of_several_sticky_cookies_the_first_valid_one_counts).
+    ids=[
+        "flipped",
+        "truncated",
+        "empty",
+        "garbage",
+        "pool-swapped",
+        "extra-dot",
+        "huge",
+        "dup-all-bad",
+    ],
 )
 async def test_tampered_cookies_get_200_and_a_fresh_cookie(
     pools: tuple[Backend, Backend], tamper: Any
@@ -274,3 +285,29 @@ async def test_expired_and_future_dated_cookies_are_replaced(
         assert codec is not None
         future = codec.encode("stable", 1, 0, now[0] + 3600)  # issued an hour from now
         assert (await get(s, proxy, {"Cookie": f"{COOKIE}={future}"}))[1] is not None
+
+
+async def test_of_several_sticky_cookies_the_first_valid_one_counts(
+    pools: tuple[Backend, Backend],
+) -> None:
+    config = make_config(web(*pools, 50))
+    async with start_proxy(config) as proxy, cookieless() as s:
+        pins: dict[str, str] = {}
+        while len(pins) < 2:  # one valid cookie for each pool
+            backend, cookie = await get(s, proxy)
+            assert cookie is not None
+            pins.setdefault(backend, cookie)
+        canary, stable = pins["canary"], pins["stable"]
+        served = set()
+        for cookies in (
+            f"{COOKIE}=junk; {COOKIE}={canary}",
+            f"{COOKIE}={canary}; {COOKIE}={stable}",
+            f"{COOKIE}={canary[:-3]}abc; x=1; {COOKIE}={canary}; {COOKIE}={stable}",
+        ):
+            for _ in range(10):  # the same request pins the same way every time
+                backend, again = await get(s, proxy, {"Cookie": cookies})
+                served.add(backend)
+                assert again is None  # a valid cookie for the pool it got: not set again
+        backend, _ = await get(s, proxy, {"Cookie": f"{COOKIE}={stable}; {COOKIE}={canary}"})
+    assert served == {"canary"}
+    assert backend == "stable"

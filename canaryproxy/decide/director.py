@@ -254,8 +254,7 @@ class Director:
             elif lname == service.key_header:
                 key = value.decode("latin-1")
         now = self.clock()
-        raw = codec.find(cookies) if cookies else None
-        sticky = codec.decode(raw, now) if raw is not None else None
+        sticky = codec.read(cookies, now) if cookies else None
         if service.key_cookie is not None and cookies:
             key = find_cookie(cookies, service.key_cookie)
         state = service.knobs

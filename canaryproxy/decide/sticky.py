@@ -32,11 +32,14 @@ Rules this module keeps:
 - ``decode`` never raises on input: tampered, truncated, empty, non-ASCII, oversized,
   expired, future-dated or unparsable values all give ``None`` — the caller ignores
   such a cookie and replaces it (never a 4xx/5xx).
-- ``find`` / ``find_cookie``: a cookie name that appears more than once in the request is treated as
-  garbage (``None``), since we cannot tell which copy the browser meant; the response
-  then sets a fresh cookie. A stale duplicate on another Path/Domain, which our
-  Set-Cookie cannot overwrite, therefore keeps the user unpinned; that is the safe
-  failure (no 4xx, and we never trust an ambiguous pin).
+- ``read``: of several sticky cookies in one request (a stale copy on another
+  Path/Domain, which our Set-Cookie cannot overwrite, or junk planted beside ours), the
+  first one that verifies counts, in the order the request lists them; the rest are
+  ignored. So the same request always pins the same way: a user never bounces between
+  versions because a browser sends two copies.
+- ``find_cookie`` (a ``bucket_by: cookie:NAME`` key, which carries no signature): a name
+  that appears more than once is treated as absent (``None``), since nothing tells which
+  copy is genuine; the request is then bucketed like one without the key.
 """
 
 import binascii
@@ -160,10 +163,19 @@ class CookieCodec:
         """The whole Set-Cookie header value carrying ``value`` with our attributes."""
         return self._prefix + value.encode("ascii") + self._suffix
 
-    def find(self, cookie_header_values: Sequence[bytes]) -> str | None:
-        """Our cookie's raw value among the request's Cookie headers; None if absent
-        or present more than once (see the module rules)."""
-        return _find(cookie_header_values, self._name_bytes)
+    def find_all(self, cookie_header_values: Sequence[bytes]) -> list[str]:
+        """Every value of our cookie among the request's Cookie headers, in order."""
+        return [
+            _unquote(v).decode("latin-1") for v in _values(cookie_header_values, self._name_bytes)
+        ]
+
+    def read(self, cookie_header_values: Sequence[bytes], now: float) -> StickyValue | None:
+        """The first of our cookies that verifies (see the module rules), or None."""
+        for value in _values(cookie_header_values, self._name_bytes):
+            sticky = self.decode(_unquote(value).decode("latin-1"), now)
+            if sticky is not None:
+                return sticky
+        return None
 
     def _verify_and_parse(self, raw: bytes, now: float) -> StickyValue | None:
         payload, sep, signature = raw.rpartition(b".")
@@ -188,29 +200,28 @@ class CookieCodec:
 
 
 def find_cookie(cookie_header_values: Sequence[bytes], name: str) -> str | None:
-    """The value of cookie ``name`` (e.g. a ``bucket_by: cookie:NAME`` key) among the
-    request's Cookie headers, with the same rules as ``CookieCodec.find``: absent or
-    duplicated → None; surrounding DQUOTEs removed; bytes decoded as Latin-1."""
+    """The value of cookie ``name`` (a ``bucket_by: cookie:NAME`` key) among the request's
+    Cookie headers: absent or duplicated → None; surrounding DQUOTEs removed; bytes
+    decoded as Latin-1."""
     if not name:
         return None
-    return _find(cookie_header_values, name.encode("latin-1", "replace"))
+    found = _values(cookie_header_values, name.encode("latin-1", "replace"))
+    if len(found) != 1:
+        return None  # which copy did the browser mean? Trust neither.
+    return _unquote(found[0]).decode("latin-1")
 
 
-def _find(cookie_header_values: Sequence[bytes], name: bytes) -> str | None:
-    found: bytes | None = None
+def _values(cookie_header_values: Sequence[bytes], name: bytes) -> list[bytes]:
+    """Every raw value of cookie ``name``, in the order the request lists them."""
+    found: list[bytes] = []
     for header in cookie_header_values:
         if name not in header:
             continue  # the common case for other cookies: no split
         for pair in header.split(b";"):
             key, eq, value = pair.partition(b"=")
-            if not eq or key.strip(_OWS) != name:
-                continue
-            if found is not None:
-                return None  # which copy did the browser mean? Trust neither.
-            found = value.strip(_OWS)
-    if found is None:
-        return None
-    return _unquote(found).decode("latin-1")
+            if eq and key.strip(_OWS) == name:
+                found.append(value.strip(_OWS))
+    return found
 
 
 def _derive_key(secret: str, salt: str) -> bytes:

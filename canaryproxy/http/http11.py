@@ -33,6 +33,7 @@ HOP_BY_HOP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        b"http2-settings",  # RFC 9113 §3.2.1 (h2c): connection-specific, like Upgrade
         b"proxy-connection",
         b"proxy-authenticate",
         b"proxy-authorization",
@@ -132,9 +133,23 @@ def is_hop_by_hop(lname: bytes, named: AbstractSet[bytes]) -> bool:
 def is_valid_host(value: bytes) -> bool:
     valid = _valid_hosts.get(value)
     if valid is None:
-        valid = bool(value) and _HOST_RE.match(value) is not None
+        valid = bool(value) and _HOST_RE.match(value) is not None and _is_valid_port(value)
         _valid_hosts.put(value, valid)
     return valid
+
+
+def _is_valid_port(host: bytes) -> bool:
+    """A port, when given, is 1–65535 (RFC 3986 allows an empty one: ``a.com:``)."""
+    colon = host.rfind(b":")
+    if colon == -1 or host.endswith(b"]"):
+        return True
+    port = host[colon + 1 :]
+    return not port or 1 <= int(port) <= 65535
+
+
+def is_websocket(upgrade: bytes) -> bool:
+    """``Upgrade: websocket`` (RFC 6455 §4.1), the only protocol a tunnel may carry."""
+    return upgrade.strip().lower() == b"websocket"
 
 
 def is_valid_request_id(value: bytes) -> bool:

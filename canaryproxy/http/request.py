@@ -1,11 +1,17 @@
 """The client's request head: validated once, then read by everyone; and its upstream form.
 
 Rules (RFC 9112 §3, §6; RFC 9110 §7.6):
-- exactly one valid ``Host`` (HTTP/1.1); HTTP/1.0 or 1.1 only (505); ``CONNECT`` is 501;
-- an origin-form, absolute-form (its authority replaces Host) or, for OPTIONS, ``*`` target;
+- exactly one valid ``Host`` (HTTP/1.1), its port (if any) 1–65535; HTTP/1.0 or 1.1 only
+  (505); ``CONNECT`` is 501;
+- an origin-form, absolute-form (its authority replaces Host) or, for OPTIONS, ``*`` target,
+  never with a fragment (``#``);
 - ``Content-Length`` with ``Transfer-Encoding`` is 400, a coding other than ``chunked`` 501,
   ``Transfer-Encoding`` in HTTP/1.0 400 (a hop may ignore it: smuggling);
-- ``Expect`` is ``100-continue`` or 417; an upgrade request carries no body;
+- ``Expect`` is ``100-continue`` or 417; an upgrade request carries no body; only
+  ``Upgrade: websocket`` may become a tunnel: any other upgrade (h2c included) is answered
+  as plain HTTP/1.1 without its ``Upgrade`` and ``HTTP2-Settings``, then the connection
+  closes;
+- a field whose name has an underscore is ignored and not forwarded (nginx's default);
 - upstream, hop-by-hop headers (and those ``Connection`` names) go, ``Via`` and
   ``X-Forwarded-*`` are set (kept and appended to only from trusted peers), and the proxy
   frames the body itself.
@@ -31,14 +37,15 @@ class RequestHead:
     __slots__ = (
         "body_kind",
         "client_ip",
+        "dropped_fields",
         "expect_continue",
         "headers",
-        "hop_by_hop",
         "host",
         "is_trusted",
         "keep_alive",
         "lheaders",
         "method",
+        "not_forwarded",
         "path",
         "request_id",
         "started",
@@ -57,7 +64,9 @@ class RequestHead:
         self.headers: Headers = []
         self.lheaders: Headers = []
         self.body_kind = NO_BODY
-        self.hop_by_hop = HOP_BY_HOP  # names not forwarded: fixed ones and those Connection names
+        # Names not forwarded: the hop-by-hop ones, those Connection names, and underscored ones.
+        self.not_forwarded = HOP_BY_HOP
+        self.dropped_fields = 0  # fields dropped for an underscore in their name
         self.expect_continue = False
         self.upgrade: bytes | None = None
         self.request_id = b""
@@ -85,8 +94,13 @@ def _read_headers(head: RequestHead, is_upgrade: bool) -> None:
     connection: list[bytes] = []
     content_length = transfer_encoding = None
     upgrade = None
+    underscored: list[bytes] = []
     for lname, value in head.lheaders:
-        if lname == b"host":
+        if b"_" in lname:
+            # nginx's default (underscores_in_headers off): on CGI/WSGI backends
+            # X_Forwarded_For would alias X-Forwarded-For. Ignored here, dropped upstream.
+            underscored.append(lname)
+        elif lname == b"host":
             hosts.append(value)
         elif lname == b"content-length":
             content_length = value
@@ -106,7 +120,10 @@ def _read_headers(head: RequestHead, is_upgrade: bool) -> None:
         elif lname == b"connection":
             connection.append(value)
     if connection:
-        head.hop_by_hop = http11.hop_by_hop_names(connection)
+        head.not_forwarded = http11.hop_by_hop_names(connection)
+    if underscored:
+        head.not_forwarded = head.not_forwarded | frozenset(underscored)
+        head.dropped_fields = len(underscored)
     if len(hosts) > 1:
         raise BadRequest(400, "duplicate Host header")
     if hosts and not http11.is_valid_host(hosts[0]):
@@ -133,13 +150,22 @@ def _read_headers(head: RequestHead, is_upgrade: bool) -> None:
             # llhttp ends an upgrade request at its head: a body would be forwarded as
             # tunnel bytes the backend never asked for (and the request never ends).
             raise BadRequest(400, "an Upgrade request must not carry a body")
-        head.upgrade = upgrade
+        if http11.is_websocket(upgrade):
+            head.upgrade = upgrade
+        else:
+            # h2c or anything else: answered as plain HTTP/1.1 (the Upgrade is not
+            # forwarded), and since llhttp reads nothing after an upgrade head, the
+            # connection closes after the answer.
+            head.keep_alive = False
     if not head.request_id:
         # A random 128-bit id without a syscall per request (os.urandom is one).
         head.request_id = b"%032x" % _request_ids.getrandbits(128)
 
 
 def _read_target(head: RequestHead, target: bytes) -> None:
+    if b"#" in target:
+        # RFC 9112 §3.2: a request-target has no fragment; a client never sends one.
+        raise BadRequest(400, "a request target must not contain a fragment (#)")
     if target.startswith(b"/"):
         head.target = target
     elif target == b"*":
@@ -160,7 +186,7 @@ def _read_target(head: RequestHead, target: bytes) -> None:
 def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
     """The request head sent to the backend (RFC 9110 §7.6: hop-by-hop out, Via in)."""
     out = [b"%b %b HTTP/1.1\r\n" % (head.method, head.target)]
-    skip = head.hop_by_hop
+    skip = head.not_forwarded
     chain: list[bytes] = []
     proto = fhost = None
     trusted = head.is_trusted

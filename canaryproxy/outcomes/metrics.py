@@ -72,6 +72,7 @@ class _Families:
     backend_healthy: Gauge
     client_aborts: Counter
     rejected: Counter
+    dropped_fields: Counter
     reloads: Counter
 
 
@@ -124,6 +125,11 @@ def _families(registry: CollectorRegistry) -> _Families:
             "canaryproxy_rejected_requests_total",
             "Malformed requests answered by the proxy without reaching a backend.",
             ("code",),
+            registry=registry,
+        ),
+        dropped_fields=Counter(
+            "canaryproxy_dropped_header_fields_total",
+            "Request header fields not forwarded because their name has an underscore.",
             registry=registry,
         ),
         reloads=Counter(
@@ -403,6 +409,10 @@ class Metrics:
             child = self.families.rejected.labels(_status_label(code, 400, 599))
             self._rejected[code] = child
         child.inc()
+
+    def dropped_fields(self, count: int) -> None:
+        """Request header fields dropped for an underscore in their name."""
+        self.families.dropped_fields.inc(count)
 
     def reload(self, ok: bool) -> None:
         self._reloads["ok" if ok else "failed"].inc()

@@ -29,6 +29,8 @@ class Recorder:
         route = outcome.route
         if route is not None:
             route.service.owner.request_done(outcome)
+        if outcome.head.dropped_fields:
+            self.metrics.dropped_fields(outcome.head.dropped_fields)
         access_log = self.access_log
         if access_log.is_enabled:
             access_log.write_line(access_line(outcome, access_log.backend_fields))
