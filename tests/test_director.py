@@ -190,3 +190,104 @@ def test_new_users_share_follows_the_weight_with_a_seeded_source() -> None:
     director, *_ = build(10, "session", ejected=False, canary_healthy=True, seed=1)
     decided = [route_and_serve(director, request())[0].decided for _ in range(10_000)]
     assert 0.09 < decided.count("canary") / 10_000 < 0.11
+
+
+# --- outlier ejection and spill-over: never the last backend for an answer -----------------
+
+
+def pools_of(stable: int, canary_weight: float, ejected: bool = False) -> Director:
+    """A service with ``stable`` stable backends and one canary, outlier ejection after 5."""
+    config = parse_config(
+        {
+            "sticky": {"secrets": ["s"]},
+            "services": {
+                "web": {
+                    "stable": {
+                        "backends": [{"url": f"http://10.0.0.{i + 1}:80"} for i in range(stable)]
+                    },
+                    "canary": {"backends": [{"url": "http://10.0.1.1:80"}]},
+                    "canary_weight": canary_weight,
+                    "override_header": "X-Canary",
+                }
+            },
+        },
+        env={},
+    )
+    state = ServiceState(name="web", canary_weight=canary_weight, is_ejected=ejected)
+    codec = CookieCodec(
+        name="cp_pool", secrets=["s"], max_age=3600, secure=False, same_site="Lax", salt="web"
+    )
+    service = ServiceRouting(
+        config.services["web"],
+        state,
+        Recorder(),
+        codec,
+        "session",
+        lambda pool, url: BackendHealth(None, OutlierDetector(5, 30.0, 300.0)),
+    )
+    return Director([service], lambda: NOW, lambda: 100.0, random.Random(3).random)
+
+
+def stable_route(director: Director) -> Route:
+    route = director.route(request((b"x-canary", b"never")))
+    assert route is not None
+    return route
+
+
+@pytest.mark.parametrize(
+    ("failure", "ejects"),
+    [
+        ("503", False),
+        ("500", False),
+        ("reset", False),
+        ("protocol", False),
+        ("connect", True),
+        ("timeout", True),
+    ],
+    ids=["503", "500", "reset", "protocol", "connect", "timeout"],
+)
+def test_only_unreachable_backends_empty_a_pool(failure: str, ejects: bool) -> None:
+    director = pools_of(stable=1, canary_weight=0)
+    route = stable_route(director)
+    backend = director.next_backend(route)
+    assert backend is not None
+    for _ in range(20):
+        if failure.isdigit():
+            director.upstream_answered(route, backend, int(failure))
+        else:
+            director.attempt_failed(route, backend, failure)  # type: ignore[arg-type]
+    assert backend.is_routable(100.0) is not ejects
+
+
+def test_answers_eject_a_backend_only_while_another_is_left() -> None:
+    director = pools_of(stable=2, canary_weight=0)
+    route = stable_route(director)
+    first, second = route.service.stable.backends
+    for _ in range(5):
+        director.upstream_answered(route, first, 503)
+    assert not first.is_routable(100.0)  # ejected: the second is still in rotation
+    for _ in range(20):
+        director.upstream_answered(route, second, 503)
+    assert second.is_routable(100.0)  # the last one: kept, its users get the app's 503
+    assert director.next_backend(stable_route(director)) is second
+
+
+@pytest.mark.parametrize(
+    ("canary_weight", "ejected", "spills"),
+    [(0, False, False), (5, True, False), (5, False, True), (0.5, False, True)],
+    ids=["weight-0", "ejected", "weight-5", "weight-0.5"],
+)
+def test_stable_spills_to_the_canary_only_while_it_is_open_and_weighted(
+    canary_weight: float, ejected: bool, spills: bool
+) -> None:
+    director = pools_of(stable=1, canary_weight=canary_weight, ejected=ejected)
+    route = stable_route(director)
+    backend = director.next_backend(route)
+    assert backend is not None
+    for _ in range(5):
+        director.attempt_failed(route, backend, "connect")  # the only stable backend is down
+    fresh = stable_route(director)
+    spilled = director.next_backend(fresh)
+    assert (spilled is not None and spilled.pool == "canary") is spills
+    if not spills:
+        assert spilled is None  # → 503

@@ -8,6 +8,7 @@ against the pool that caused them.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import time
@@ -149,6 +150,36 @@ async def test_no_routable_backend_is_503() -> None:
     assert (first, second) == (502, 503)
     assert errors["connect"] == 1  # the ejected backend was not tried again
     assert unavailable == 1
+
+
+@pytest.mark.parametrize("weight", [0, 5], ids=["weight-0", "weight-5"])
+async def test_a_stable_503_burst_never_sends_stable_users_to_the_canary(
+    pools: tuple[Backend, Backend], weight: int
+) -> None:
+    stable, canary = pools
+    outlier = {"consecutive_failures": 5, "base_ejection_time": "30s"}
+    config = make_config(
+        {
+            "web": service(
+                [stable.url],
+                [canary.url],
+                canary_weight=weight,
+                outlier_detection=outlier,
+                override_header="X-Canary",
+            )
+        }
+    )
+    async with start_proxy(config) as proxy:
+        burst = [(await get(proxy, "/status/503", **{"X-Canary": "never"}))[0] for _ in range(8)]
+        after = [
+            json.loads((await get(proxy, f"/after{i}", **{"X-Canary": "never"}))[1])["backend"]
+            for i in range(10)
+        ]
+        state = proxy.proxy.services.get("web").state()
+    assert burst == [503] * 8  # the app's own answer, passed on (as nginx and HAProxy do)
+    assert after == ["stable"] * 10  # its only backend stayed in rotation
+    assert state["fallbacks"] == {}
+    assert canary.count == 0
 
 
 # Slow, broken and lying backends --------------------------------------------------------------

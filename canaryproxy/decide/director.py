@@ -9,8 +9,12 @@ Rules:
 - Pool choice is ``routing.decide_pool`` (override, sticky cookie, bucketing key, weight).
 - Inside a pool, backends are picked by smooth weighted round robin among routable ones.
 - A pool with no routable backend left is served by the other pool (a canary always falls
-  back to stable; stable falls back to a canary that is not ejected), and counted.  After a
-  connect failure the retry stays in the pool, except that a canary falls back to stable.
+  back to stable; stable falls back to the canary only while it is not ejected and its
+  weight is above 0, else 503), and counted.  After a connect failure the retry stays in
+  the pool, except that a canary falls back to stable.
+- Outlier detection never ejects a pool's last routable backend for an answer (a 5xx, a
+  reset, a protocol error: the backend is reachable); only connect failures and timeouts
+  can empty a pool (Envoy's panic rule; nginx and HAProxy keep serving the 503 too).
 - Every failed attempt (connect, timeout, reset, protocol) and every upstream 5xx is charged
   to the pool of the backend that caused it — to its outlier detector and to the judge — even
   when a retry elsewhere saved the request.  A canary user served by stable because the
@@ -294,8 +298,11 @@ class Director:
     def _fallback_pool(self, route: Route, service: ServiceRouting) -> PoolRuntime | None:
         if route.served == "canary":
             return service.stable
-        if route.tried or service.canary is None or service.knobs.is_ejected:
+        if route.tried or service.canary is None:
             return None  # a stable connect failure retries within stable only
+        knobs = service.knobs
+        if knobs.is_ejected or knobs.canary_weight <= 0:
+            return None  # never spill users onto a canary nobody chose to send them to
         return service.canary
 
     def _fell_back(self, route: Route, to: Pool) -> None:
@@ -309,14 +316,28 @@ class Director:
 
     def attempt_failed(self, route: Route, backend: BackendRuntime, kind: FailureKind) -> None:
         if backend.health is not None:
-            backend.health.outlier.on_failure(self.monotonic())
+            now = self.monotonic()
+            # A reset or a protocol error came from a reachable backend, like a 5xx.
+            unreachable = kind == "connect" or kind == "timeout"
+            can_eject = unreachable or not _is_last_routable(route.service, backend, now)
+            backend.health.outlier.on_failure(now, can_eject)
         route.service.owner.attempt_failed(backend.pool, kind)
 
     def upstream_answered(self, route: Route, backend: BackendRuntime, status: int) -> None:
         health = backend.health
         if health is not None:
+            now = self.monotonic()
             if is_failure_status(status):
-                health.outlier.on_failure(self.monotonic())
+                can_eject = not _is_last_routable(route.service, backend, now)
+                health.outlier.on_failure(now, can_eject)
             else:
-                health.outlier.on_success(self.monotonic())
+                health.outlier.on_success(now)
         # The owner hears of the answer when the response ends (the recorder's Outcome).
+
+
+def _is_last_routable(service: ServiceRouting, backend: BackendRuntime, now: float) -> bool:
+    """Is ``backend`` the only routable backend left in its pool? (failure paths only)"""
+    pool = service.pool(backend.pool)
+    if pool is None:
+        return True
+    return not any(b is not backend and b.is_routable(now) for b in pool.backends)

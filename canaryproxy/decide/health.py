@@ -27,6 +27,10 @@ Rules this module keeps:
   ejection lasts ``base_ejection_time`` again. (Envoy steps its multiplier
   down one per healthy sweep interval; a single reset after the longest
   cool-off we would ever impose is simpler to state and to test.)
+- **Never the last for an answer** (Envoy's panic threshold, nginx and HAProxy alike): a
+  5xx, a reset or a protocol error proves the backend reachable, so it never ejects the
+  last routable backend of its pool (the caller says so with ``can_eject``); only connect
+  failures and timeouts can empty a pool.
 - **Both together**: a backend is routable only while the active check says
   healthy *and* it is not ejected; each mechanism clears on its own terms, so
   a backend flagged by both returns only when both have cleared. A passing
@@ -195,12 +199,16 @@ class OutlierDetector:
         if not self.is_ejected(now):
             self._consecutive = 0
 
-    def on_failure(self, now: float) -> bool:
-        """Record a failure; True when it ejected the backend."""
+    def on_failure(self, now: float, can_eject: bool = True) -> bool:
+        """Record a failure; True when it ejected the backend.
+
+        With ``can_eject`` False (the pool's last routable backend answering 5xx) the
+        failure is counted but the backend stays: the ejection is held until it may happen.
+        """
         if self.is_ejected(now):
             return False
         self._consecutive += 1
-        if self._consecutive < self._threshold:
+        if self._consecutive < self._threshold or not can_eject:
             return False
         self._ejection_count += 1
         self._ejected = True
