@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from canaryproxy.state.store import SqliteStateStore
 from tests.support import Backend, RunningProxy, make_config, service, start_proxy
@@ -139,3 +141,19 @@ async def test_a_pool_with_every_backend_down_is_served_by_the_other(
     assert fallbacks > 0
     assert state["window"]["canary"]["errors"] == fallbacks  # type: ignore[index]
     assert state["ejected"] is True
+
+
+async def test_a_backend_going_down_warns_and_coming_back_informs(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    health = {"path": "/healthz", "interval": "100ms", "timeout": "80ms", "rise": 1, "fall": 1}
+    config = make_config({"web": service([backend.url], health_check=health)})
+    caplog.set_level(logging.INFO, logger="canaryproxy.health")
+    async with start_proxy(config) as proxy:
+        backend.health_status = 503
+        await asyncio.sleep(0.5)
+        backend.health_status = 200
+        await asyncio.sleep(0.5)
+        assert proxy.proxy.services.get("web").routing.stable.backends[0].is_routable(0.0)
+    flips = [(r.getMessage(), r.levelno) for r in caplog.records if r.name == "canaryproxy.health"]
+    assert flips[:2] == [("backend down", logging.WARNING), ("backend up", logging.INFO)]

@@ -33,7 +33,8 @@ class Recorder:
             self.metrics.dropped_fields(outcome.head.dropped_fields)
         access_log = self.access_log
         if access_log.is_enabled:
-            access_log.write_line(access_line(outcome, access_log.backend_fields))
+            line = access_line(outcome, access_log.backend_fields, access_log.clock.iso())
+            access_log.write_line(line)
 
     def request_rejected(self, status: int, reason: str, client_ip: bytes) -> None:
         self.metrics.rejected(status)

@@ -74,9 +74,11 @@ class Loops:
         while True:
             ok, detail = await self._probe(url, timeout)
             if check.observe(ok, detail):
-                state = "up" if check.is_healthy else "down"
-                log.warning(
-                    f"backend {state}",
+                # Down is worth a warning; back up is good news (nginx and HAProxy agree).
+                level = logging.INFO if check.is_healthy else logging.WARNING
+                log.log(
+                    level,
+                    f"backend {'up' if check.is_healthy else 'down'}",
                     extra={
                         "service": service,
                         "pool": backend.pool,
