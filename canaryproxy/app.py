@@ -118,6 +118,9 @@ class Proxy:
     # running ---------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        weights = await self.services.follow_config()  # before the first request is routed
+        if weights:
+            log.info("weights", extra={"weights": weights})
         self.proxy_address = await self.server.start(cfg.listen.host, cfg.listen.port)
         log.info("listening", extra={"listener": "proxy", "address": _fmt(self.proxy_address)})
         admin_app = build_admin_app(self.controller, self.metrics, cfg.admin.token)
@@ -196,9 +199,10 @@ class Proxy:
         self.ctx.trusted_proxies = tuple(config.trusted_proxies)
         await self.loops.stop()
         await self.loops.start(self.services)
+        weights = await self.services.follow_config()
         self.tick()
         self.metrics.reload(True)
-        log.info("config reloaded", extra={"services": list(config.services)})
+        log.info("config reloaded", extra={"services": list(config.services), "weights": weights})
         return True
 
     def _refuse_reload(self, errors: list[str]) -> bool:

@@ -70,9 +70,10 @@ AttemptOutcome = Literal["ok", "retried", "failed"]
 """An attempt at a backend: answered, failed and sent again elsewhere, failed for good."""
 ATTEMPT_OUTCOMES: Final[tuple[AttemptOutcome, ...]] = ("ok", "retried", "failed")
 
-WeightSource = Literal["config", "state"]
-"""Where a service's canary weight came from: the file, or a persisted runtime change."""
-WEIGHT_SOURCES: Final[tuple[WeightSource, ...]] = ("config", "state")
+WeightSource = Literal["config", "admin", "rollout", "judge"]
+"""Who set a service's current canary weight: the config file, an operator through the
+admin API, a rollout step, or the judge (an automatic ejection: effective weight 0)."""
+WEIGHT_SOURCES: Final[tuple[WeightSource, ...]] = ("config", "admin", "rollout", "judge")
 
 Mode = Literal["session", "cohort"]
 """What a sticky cookie pins: the pool (session) or the user's bucket (cohort)."""

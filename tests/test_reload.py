@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,8 @@ from canaryproxy.app import Proxy
 from canaryproxy.config.load import load_config
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.outcomes.accesslog import AccessLog
-from canaryproxy.state.store import MemoryStateStore, StateError
+from canaryproxy.runtime.service import Service
+from canaryproxy.state.store import MemoryStateStore, SqliteStateStore, StateError
 from tests.support import LOCAL, Backend
 
 
@@ -78,20 +80,56 @@ async def test_removing_the_canary_while_a_request_is_in_flight(
                 assert (await resp.json())["backend"] == "stable"
 
 
-async def test_reload_applies_config_weight_unless_an_operator_set_one(
+async def test_the_most_recent_weight_change_wins_across_reloads(
+    path: Path, pools: tuple[Backend, Backend], caplog: pytest.LogCaptureFixture
+) -> None:
+    stable, canary = pools
+    caplog.set_level(logging.INFO, logger="canaryproxy")
+    async with running(path, stable, canary, canary_weight=5) as proxy:
+
+        def web() -> Service:  # the table is swapped on reload
+            return proxy.services.get("web")
+
+        write(path, stable, canary, canary_weight=50)
+        assert await proxy.reload()
+        assert web().knobs.canary_weight == 50  # no runtime change: the file wins
+        assert web().state()["weight_source"] == "config"
+        await web().set_weight(30, "test")
+        write(path, stable, canary, canary_weight=50, health_check={"path": "/healthz"})
+        assert await proxy.reload()  # the file's weight did not change: the operator's stays
+        assert web().knobs.canary_weight == 30
+        state = web().state()
+        assert (state["weight_source"], state["configured_weight"]) == ("admin", 50)
+        kept = [r for r in caplog.records if r.getMessage() == "config reloaded"][-1]
+        assert "kept the admin weight 30" in kept.weights["web"]  # type: ignore[attr-defined]
+        write(path, stable, canary, canary_weight=70)
+        assert await proxy.reload()  # the file changed after the operator: the file wins
+        assert web().knobs.canary_weight == 70
+        assert web().state()["weight_source"] == "config"
+        audit = proxy.store.audit_log("web")
+        assert (audit[0].who, audit[0].old, audit[0].new) == ("config", "30", "70")
+
+
+async def test_a_file_changed_while_the_proxy_was_down_wins_at_start(
     path: Path, pools: tuple[Backend, Backend]
 ) -> None:
     stable, canary = pools
-    async with running(path, stable, canary, canary_weight=5) as proxy:
-        write(path, stable, canary, canary_weight=50)
-        assert await proxy.reload()
-        assert (
-            proxy.services.get("web").knobs.canary_weight == 50
-        )  # no runtime change: the file wins
-        await proxy.services.get("web").set_weight(20, "test")
-        write(path, stable, canary, canary_weight=70)
-        assert await proxy.reload()
-        assert proxy.services.get("web").knobs.canary_weight == 20  # the operator's change stays
+    db = str(path.with_suffix(".db"))
+    for file_weight, expected, source in [(10, 40, "admin"), (10, 40, "admin"), (60, 60, "config")]:
+        write(path, stable, canary, canary_weight=file_weight)
+        store = SqliteStateStore(db)  # a restart: the same file, opened afresh
+        first = not store.load()
+        proxy = Proxy(
+            load_config(path), config_path=str(path), store=store, access_log=AccessLog(None)
+        )
+        await proxy.start()
+        try:
+            if first:
+                await proxy.services.get("web").set_weight(40, "operator")
+            web = proxy.services.get("web")
+            assert (web.knobs.canary_weight, web.state()["weight_source"]) == (expected, source)
+        finally:
+            await proxy.stop()
 
 
 async def test_reload_applies_new_error_budget_and_health_settings(

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from canaryproxy.state.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
     AuditEntry,
     MemoryStateStore,
     ServiceRecord,
@@ -277,3 +279,61 @@ def test_a_read_only_directory_raises_state_error(tmp_path: Path) -> None:
             SqliteStateStore(str(locked / "state.db"))
     finally:
         locked.chmod(0o700)
+
+
+V1_SCHEMA = """
+CREATE TABLE services (
+    name TEXT PRIMARY KEY,
+    canary_weight REAL NOT NULL CHECK (canary_weight BETWEEN 0 AND 100),
+    ejected INTEGER NOT NULL CHECK (ejected IN (0, 1)),
+    eject_reason TEXT,
+    eject_rule TEXT,
+    ejected_at REAL,
+    weight_before_eject REAL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL, who TEXT NOT NULL, service TEXT NOT NULL,
+    action TEXT NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL
+);
+"""
+
+
+def test_a_file_of_the_first_schema_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO services VALUES ('web', 30.0, 0, NULL, NULL, NULL, NULL, 2)")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SqliteStateStore(path)
+    try:
+        (web,) = store.load().values()
+        assert (web.canary_weight, web.epoch) == (30.0, 2)
+        assert (web.weight_source, web.config_weight) == (None, None)  # an operator's, file unknown
+        newer = ServiceRecord(30.0, False, None, None, None, None, 3, "config", 30.0)
+        store.save("web", newer, AuditEntry(1.0, "config", "web", "set_weight", "30", "30"))
+        assert store.load()["web"] == newer
+    finally:
+        store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    check.close()
+
+
+def test_an_unknown_weight_source_in_a_row_is_a_state_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    SqliteStateStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO services VALUES ('web', 5.0, 0, NULL, NULL, NULL, NULL, 0, 'magic', 5.0)"
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteStateStore(path)
+    with pytest.raises(StateError, match="weight_source"):
+        store.load()
+    store.close()

@@ -33,8 +33,8 @@ from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
 from canaryproxy.outcomes.metrics import Metrics, ServiceMetrics
 from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState
-from canaryproxy.state.store import ServiceRecord
-from canaryproxy.vocabulary import POOLS, EjectRule, FailureKind, Pool, Verdict
+from canaryproxy.state.store import ServiceRecord, StateError
+from canaryproxy.vocabulary import POOLS, EjectRule, FailureKind, Pool, Verdict, WeightSource
 
 __all__ = ["Env", "Service", "Services"]
 
@@ -251,10 +251,32 @@ class Service:
         self.metrics.set_weight(self.effective_weight)
         self.metrics.set_verdict(self.verdict(now))
 
+    async def follow_config(self) -> str:
+        """Apply the file's ``canary_weight`` if the file changed it since the weight was
+        last set (the most recent change wins); say what was done, for the (re)load's log."""
+        weight, knobs = self.config.canary_weight, self.knobs
+        if await self.env.keeper.follow_config(knobs, weight):
+            self.metrics.set_weight(self.effective_weight)
+            return f"applied the file's weight {weight:g}: the file changed it"
+        if knobs.canary_weight != weight and self.has_canary:
+            return (
+                f"kept the {knobs.weight_source} weight {knobs.canary_weight:g}: it is newer "
+                f"than the file's {weight:g}, which has not changed"
+            )
+        return ""
+
     # reading -----------------------------------------------------------------------------
     @property
     def effective_weight(self) -> float:
         return self.knobs.effective_weight if self.has_canary else 0.0
+
+    @property
+    def weight_source(self) -> WeightSource:
+        """Who set the effective weight: while ejected, the judge or an operator."""
+        knobs = self.knobs
+        if knobs.is_ejected:
+            return "admin" if knobs.eject_rule == "manual" else "judge"
+        return knobs.weight_source
 
     def verdict(self, now: float) -> Verdict:
         if self.knobs.is_ejected:
@@ -278,8 +300,8 @@ class Service:
         return {
             "name": self.name,
             "canary_weight": self.effective_weight,
-            "configured_weight": knobs.canary_weight,
-            "weight_source": knobs.weight_source,
+            "configured_weight": self.config.canary_weight,
+            "weight_source": self.weight_source,
             "has_canary": self.has_canary,
             "ejected": knobs.is_ejected,
             "eject_reason": knobs.eject_reason,
@@ -347,6 +369,21 @@ class Services:
     def refresh(self) -> None:
         for service in self._by_name.values():
             service.refresh()
+
+    async def follow_config(self) -> dict[str, str]:
+        """Each service's ``follow_config``: what was applied or kept, by service name.
+
+        A store that fails leaves that service's weight as it was, and says so."""
+        notes: dict[str, str] = {}
+        for name, service in self._by_name.items():
+            try:
+                note = await service.follow_config()
+            except StateError as exc:
+                note = f"the file's weight was NOT applied: {exc}"
+                log.error("config weight not applied", extra={"service": name, "error": str(exc)})
+            if note:
+                notes[name] = note
+        return notes
 
 
 def _codec(config: ServiceConfig, root: Config, env: Env) -> CookieCodec | None:

@@ -4,9 +4,13 @@ Each service's ``ServiceState`` is owned by its ``Service``; ``RuntimeState`` is
 way a change reaches it, through the store.
 
 Rules:
-- On start, a service's persisted record overrides its config ``canary_weight`` (an
-  operator's change outlives the file it started from); a service with no record starts
-  from the config.  Which one won is logged and shown in STATE (``weight_source``).
+- The most recent change of a service's weight wins. Each record keeps who set the weight
+  (``weight_source``: config, admin, rollout) and what the config file said then
+  (``config_weight``). A (re)load whose file says another weight than the one last seen
+  changed the file since: its weight is applied, persisted and audited (who: ``config``),
+  also when that happened while the proxy was down. A file that still says what it said
+  leaves an operator's runtime weight in place; the caller logs which one it kept and why.
+  A service with no record starts from the file.
 - An operator's change is committed to the store before it takes effect and before the
   admin response is sent; if the commit fails nothing changes.
 - An automatic ejection takes effect at once (the next request must not reach the canary)
@@ -46,6 +50,7 @@ class ServiceState:
     weight_before_eject: float | None = None
     epoch: int = 0
     weight_source: WeightSource = "config"
+    config_weight: float = 0.0  # what the config file said when this state was last saved
 
     @property
     def effective_weight(self) -> float:
@@ -60,6 +65,8 @@ class ServiceState:
             ejected_at=self.ejected_at,
             weight_before_eject=self.weight_before_eject,
             epoch=self.epoch,
+            weight_source=self.weight_source,
+            config_weight=self.config_weight,
         )
 
     def apply(self, record: ServiceRecord) -> None:
@@ -70,6 +77,10 @@ class ServiceState:
         self.ejected_at = record.ejected_at
         self.weight_before_eject = record.weight_before_eject
         self.epoch = record.epoch
+        # A record written before sources were kept holds an operator's change.
+        self.weight_source = record.weight_source or "admin"
+        if record.config_weight is not None:
+            self.config_weight = record.config_weight
 
 
 class RuntimeState:
@@ -92,32 +103,40 @@ class RuntimeState:
     ) -> ServiceState:
         """A service's knobs for a (re)loaded config whose ``canary_weight`` is ``weight``.
 
-        A service seen for the first time takes its persisted record when there is one. On
-        a reload, a service already running keeps its runtime state; only one whose weight
-        still comes from the config (no operator change) takes the file's new weight.
+        A running service keeps its knobs; one seen for the first time takes its persisted
+        record, if any (one written before ``config_weight`` was kept counts as written
+        under this file). Whether the file's weight then applies is ``follow_config``'s.
         """
         if previous is not None:
-            if previous.weight_source == "config":
-                previous.canary_weight = weight
             return previous
-        state = ServiceState(name=name, canary_weight=weight)
+        state = ServiceState(name=name, canary_weight=weight, config_weight=weight)
         record = records.get(name)
         if record is not None:
             state.apply(record)
-            state.weight_source = "state"
-            if record.canary_weight != weight:
-                log.info(
-                    "state file overrides config weight",
-                    extra={"service": name, "config": weight, "state": record.canary_weight},
-                )
         return state
+
+    async def follow_config(self, state: ServiceState, weight: float) -> bool:
+        """Apply the file's ``weight`` if the file changed it since the state was saved
+        (persisted first, audited as ``config``); True when it did."""
+        async with self._lock:
+            if state.config_weight == weight:
+                return False
+            new = replace(
+                state.record(), canary_weight=weight, weight_source="config", config_weight=weight
+            )
+            if state.is_ejected:
+                new = replace(new, weight_before_eject=weight)  # what a restore resumes at
+            await self._commit(
+                state, new, "config", "set_weight", _fmt(state.canary_weight), _fmt(weight)
+            )
+            return True
 
     # operator changes: persisted, then applied -----------------------------------------------
     async def set_weight(self, state: ServiceState, weight: float, who: str) -> None:
         async with self._lock:
             if state.is_ejected:
                 raise Conflict("the canary is ejected; restore it to set a weight")
-            new = replace(state.record(), canary_weight=weight)
+            new = replace(state.record(), canary_weight=weight, weight_source="admin")
             await self._commit(
                 state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight)
             )
@@ -142,6 +161,8 @@ class RuntimeState:
                 ejected_at=None,
                 weight_before_eject=None,
                 epoch=state.epoch,
+                weight_source="admin",
+                config_weight=state.config_weight,
             )
             old = f"ejected ({state.eject_rule})"
             await self._commit(state, new, who, "restore", old, _fmt(new.canary_weight))
@@ -207,7 +228,6 @@ class RuntimeState:
             await asyncio.to_thread(self.store.save, state.name, state.record(), again)
             raise Conflict("the canary was ejected while this change was being saved")
         state.apply(new)
-        state.weight_source = "state"
         log.info(
             "audit",
             extra={"who": who, "service": state.name, "action": action, "old": old, "new": to},

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from canaryproxy.vocabulary import EJECT_RULES, EjectRule, require
+from canaryproxy.vocabulary import (
+    EJECT_RULES,
+    WEIGHT_SOURCES,
+    EjectRule,
+    WeightSource,
+    require,
+)
 
 __all__ = [
     "AuditEntry",
@@ -34,8 +40,9 @@ __all__ = [
     "StateStore",
 ]
 
-# Bumped whenever the tables change; a file written by a newer canaryproxy is refused.
-SCHEMA_VERSION = 1
+# Bumped whenever the tables change; a file written by a newer canaryproxy is refused, an
+# older one is migrated in place at open (_MIGRATIONS).
+SCHEMA_VERSION = 2
 # "CPXY": marks the file as ours, so a stray SQLite database at state.path is refused, not reused.
 APPLICATION_ID = 0x43505859
 
@@ -48,7 +55,9 @@ CREATE TABLE services (
     eject_rule TEXT,
     ejected_at REAL,
     weight_before_eject REAL,
-    epoch INTEGER NOT NULL
+    epoch INTEGER NOT NULL,
+    weight_source TEXT,
+    config_weight REAL
 );
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,6 +70,17 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_service ON audit (service, id);
 """
+
+
+# version → the statements that bring a file of that version to the next one.
+_MIGRATIONS = {
+    1: (
+        # Who set the weight, and what the config file said then ("the most recent change
+        # wins" needs both); NULL in a row written before: an operator's change, file unknown.
+        "ALTER TABLE services ADD COLUMN weight_source TEXT",
+        "ALTER TABLE services ADD COLUMN config_weight REAL",
+    ),
+}
 
 
 class StateError(Exception):
@@ -78,6 +98,8 @@ class ServiceRecord:
     ejected_at: float | None  # wall-clock seconds since the epoch
     weight_before_eject: float | None
     epoch: int
+    weight_source: WeightSource | None = None  # None: written before sources were kept
+    config_weight: float | None = None  # the config file's weight when this was written
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +179,8 @@ class SqliteStateStore:
     def load(self) -> dict[str, ServiceRecord]:
         rows = self._query(
             "SELECT name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,"
-            " weight_before_eject, epoch FROM services ORDER BY name",
+            " weight_before_eject, epoch, weight_source, config_weight FROM services"
+            " ORDER BY name",
             (),
         )
         try:
@@ -209,13 +232,14 @@ class SqliteStateStore:
 
 _UPSERT = """
 INSERT INTO services (name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,
-                      weight_before_eject, epoch)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                      weight_before_eject, epoch, weight_source, config_weight)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET
     canary_weight = excluded.canary_weight, ejected = excluded.ejected,
     eject_reason = excluded.eject_reason, eject_rule = excluded.eject_rule,
     ejected_at = excluded.ejected_at, weight_before_eject = excluded.weight_before_eject,
-    epoch = excluded.epoch
+    epoch = excluded.epoch, weight_source = excluded.weight_source,
+    config_weight = excluded.config_weight
 """
 
 _INSERT_AUDIT = "INSERT INTO audit (at, who, service, action, old, new) VALUES (?, ?, ?, ?, ?, ?)"
@@ -256,6 +280,7 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
         _create_schema(conn)
         return
     _check_integrity(conn, path)
+    _migrate(conn)
     # Take and release the write lock now, so a read-only file fails at start, not at the
     # first admin change.
     conn.execute("BEGIN IMMEDIATE")
@@ -306,6 +331,23 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file written by an older canaryproxy to this schema, in one transaction."""
+    version = _pragma_int(conn, "user_version")
+    if version >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for old in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[old]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _check_integrity(conn: sqlite3.Connection, path: str) -> None:
     # quick_check reads every page: a torn or truncated file is caught at start. The file
     # holds one row per service and an audit line per operator action or ejection, so this is
@@ -329,11 +371,13 @@ def _row_from_record(r: ServiceRecord) -> tuple[object, ...]:
         r.ejected_at,
         r.weight_before_eject,
         r.epoch,
+        r.weight_source,
+        r.config_weight,
     )
 
 
 def _record_from_row(row: tuple[object, ...]) -> ServiceRecord:
-    weight, ejected, reason, rule, ejected_at, before, epoch = row
+    weight, ejected, reason, rule, ejected_at, before, epoch, source, config = row
     return ServiceRecord(
         canary_weight=_number(weight, "canary_weight"),
         ejected=bool(_integer(ejected, "ejected")),
@@ -342,6 +386,8 @@ def _record_from_row(row: tuple[object, ...]) -> ServiceRecord:
         ejected_at=None if ejected_at is None else _number(ejected_at, "ejected_at"),
         weight_before_eject=None if before is None else _number(before, "weight_before_eject"),
         epoch=_integer(epoch, "epoch"),
+        weight_source=_source(_optional_text(source, "weight_source")),
+        config_weight=None if config is None else _number(config, "config_weight"),
     )
 
 
@@ -350,6 +396,13 @@ def _rule(value: str | None) -> EjectRule | None:
         return None if value is None else require(value, EJECT_RULES, "eject_rule")
     except ValueError as exc:
         raise StateError(f"column eject_rule: {exc}") from None
+
+
+def _source(value: str | None) -> WeightSource | None:
+    try:
+        return None if value is None else require(value, WEIGHT_SOURCES, "weight_source")
+    except ValueError as exc:
+        raise StateError(f"column weight_source: {exc}") from None
 
 
 # SQLite columns are loosely typed: a hand-edited row could hold text where a number belongs.
