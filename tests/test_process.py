@@ -172,9 +172,39 @@ async def test_weight_change_survives_restart(tmp_path: Path, backend: Backend, 
     try:
         state = await state_of(again)
         assert state["canary_weight"] == 25
-        assert state["weight_source"] == "admin"  # the value this source has now
+        assert state["weight_source"] == "admin"  # an operator set it
     finally:
         assert await stop(again) == 0
+
+
+async def test_a_state_file_deleted_while_running_loses_no_acknowledged_change(
+    tmp_path: Path, backend: Backend
+) -> None:
+    path = write_config(tmp_path, backend)
+    proc = await start(path)
+    url = f"http://{LOCAL}:{proc.admin_port}/admin/services/web"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.put(url + "/weight", json={"canary": 30}, headers=AUTH) as resp:
+                assert resp.status == 200
+            for name in ("state.db", "state.db-wal", "state.db-shm"):
+                (tmp_path / name).unlink(missing_ok=True)  # rm state.db*
+            async with s.put(url + "/weight", json={"canary": 44}, headers=AUTH) as resp:
+                assert resp.status == 200
+            async with s.post(url + "/eject", json={"reason": "bad"}, headers=AUTH) as resp:
+                assert resp.status == 200
+        assert (tmp_path / "state.db").exists()
+    finally:
+        assert await stop(proc) == 0
+    log = proc.rest_of_log()
+    assert any("state file deleted" in e.get("msg", "") for e in log)
+    again = await start(path)
+    try:
+        state = await state_of(again)
+    finally:
+        assert await stop(again) == 0
+    assert state["ejected"] is True
+    assert state["weight_before_eject"] == 44
 
 
 async def test_corrupt_state_file_stops_the_start(tmp_path: Path, backend: Backend) -> None:

@@ -156,7 +156,7 @@ def test_the_parent_directory_is_created(tmp_path: Path) -> None:
 def test_a_failed_save_writes_neither_record_nor_audit(tmp_path: Path) -> None:
     store = SqliteStateStore(str(tmp_path / "state.db"))
     bad = ServiceRecord(140.0, False, None, None, None, None, 1)  # violates the CHECK
-    with pytest.raises(StateError, match="cannot save 'web'"):
+    with pytest.raises(StateError, match="cannot save web"):
         store.save("web", bad, audit("web", "weight", "5", "140"))
     assert store.load() == {}
     assert store.audit_log() == []
@@ -337,3 +337,24 @@ def test_an_unknown_weight_source_in_a_row_is_a_state_error(tmp_path: Path) -> N
     with pytest.raises(StateError, match="weight_source"):
         store.load()
     store.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_state_file_deleted_or_replaced_while_open_is_recreated_with_everything(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(str(path))
+    store.save("web", SERVING, audit("web", "set_weight", "5", "25"))
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)  # rm state.db*
+    if how == "replaced":
+        path.write_bytes(b"")  # a new, empty file at the same path
+    store.save("api", EJECTED, audit("api", "eject", "5", "bad"))  # acknowledged: on disk
+    store.close()
+    again = SqliteStateStore(str(path))
+    try:
+        assert again.load() == {"web": SERVING, "api": EJECTED}
+    finally:
+        again.close()
+    assert any("recreating" in r.getMessage() for r in caplog.records)

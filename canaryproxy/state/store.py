@@ -17,6 +17,8 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -81,6 +83,9 @@ _MIGRATIONS = {
         "ALTER TABLE services ADD COLUMN config_weight REAL",
     ),
 }
+
+
+log = logging.getLogger("canaryproxy.state")
 
 
 class StateError(Exception):
@@ -166,17 +171,60 @@ class MemoryStateStore:
 
 
 class SqliteStateStore:
-    """A `StateStore` in one SQLite file (stdlib sqlite3), opened and checked at construction."""
+    """A `StateStore` in one SQLite file (stdlib sqlite3), opened and checked at construction.
+
+    The file it writes must be the file it opened: one deleted (``rm state.db*``) or
+    replaced while the proxy runs would swallow every later change into an unlinked inode
+    and lose it at the next start. Before each read and write the path's inode is compared
+    with the one opened; on a mismatch the file is recreated at the path with every record
+    this store knows (what it loaded and saved since), and an error is logged.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
         self._conn = _open(path)
+        self._identity = _identity(path)
+        # Every record read or written since open: what a recreated file is given.
+        self._known: dict[str, ServiceRecord] = {}
 
     def __repr__(self) -> str:
         return f"SqliteStateStore({self._path!r})"
 
+    def _ensure_same_file(self) -> None:
+        """Recreate the file if it is no longer the one opened (called under the lock)."""
+        if _identity(self._path) == self._identity:
+            return
+        log.error(
+            "state file deleted or replaced while running: recreating it with the current "
+            "state (the audit lines it held are gone)",
+            extra={"path": self._path, "services": sorted(self._known)},
+        )
+        self._conn.close()
+        fresh = self._path + ".recreating"
+        for leftover in (fresh, fresh + "-wal", fresh + "-shm"):
+            Path(leftover).unlink(missing_ok=True)
+        conn = _open(fresh)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for name, record in self._known.items():
+                conn.execute(_UPSERT, (name, *_row_from_record(record)))
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the main file
+        finally:
+            conn.close()
+        for leftover in (self._path + "-wal", self._path + "-shm"):
+            Path(leftover).unlink(missing_ok=True)
+        os.replace(fresh, self._path)  # the path holds a whole file at every moment
+        self._conn = _open(self._path)
+        self._identity = _identity(self._path)
+
     def load(self) -> dict[str, ServiceRecord]:
+        with self._lock:
+            try:
+                self._ensure_same_file()
+            except (sqlite3.Error, OSError) as exc:
+                raise StateError(f"state file {self._path}: cannot recreate it: {exc}") from exc
         rows = self._query(
             "SELECT name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,"
             " weight_before_eject, epoch, weight_source, config_weight FROM services"
@@ -184,13 +232,16 @@ class SqliteStateStore:
             (),
         )
         try:
-            return {_text(row[0], "name"): _record_from_row(row[1:]) for row in rows}
+            records = {_text(row[0], "name"): _record_from_row(row[1:]) for row in rows}
         except StateError as exc:
             raise StateError(f"state file {self._path}: bad service row: {exc}") from exc
+        self._known.update(records)
+        return records
 
     def save(self, service: str, record: ServiceRecord, audit: AuditEntry) -> None:
         with self._lock:
             try:
+                self._ensure_same_file()
                 # BEGIN IMMEDIATE takes the write lock up front, so the two statements commit
                 # together or not at all; with synchronous=FULL the COMMIT returns after fsync.
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -201,10 +252,9 @@ class SqliteStateStore:
                     self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StateError(
-                    f"state file {self._path}: cannot save {service!r}: {exc}"
-                ) from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise StateError(f"state file {self._path}: cannot save {service}: {exc}") from exc
+            self._known[service] = record
 
     def audit_log(self, service: str | None = None, limit: int = 100) -> list[AuditEntry]:
         where, params = ("WHERE service = ?", (service,)) if service is not None else ("", ())
@@ -243,6 +293,15 @@ ON CONFLICT (name) DO UPDATE SET
 """
 
 _INSERT_AUDIT = "INSERT INTO audit (at, who, service, action, old, new) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _open(path: str) -> sqlite3.Connection:
