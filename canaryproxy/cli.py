@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from canaryproxy.config.load import Config, ConfigError, load_config, summarize
+from canaryproxy.config.load import Config, ConfigError, config_warnings, load_config, summarize
 from canaryproxy.outcomes import logs
 from canaryproxy.state.store import StateError
 
@@ -34,6 +34,8 @@ def main() -> None:
 def check(config_path: str) -> None:
     """Validate a config file: print a summary, or every error with its key path."""
     config = _load_or_exit(config_path)
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{config_path}: OK")
     click.echo(summarize(config))
 
@@ -44,6 +46,8 @@ def run(config_path: str) -> None:
     """Start the proxy and the admin listener; SIGTERM drains, SIGHUP reloads."""
     logs.setup()
     config = _load_or_exit(config_path)
+    for warning in config_warnings(config):
+        log.warning("config", extra={"warning": warning})
     from canaryproxy.app import serve  # imported late: `check` must not need uvloop
 
     try:

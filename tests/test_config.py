@@ -22,6 +22,7 @@ from canaryproxy.config.load import (
     ConfigError,
     PoolConfig,
     ServiceConfig,
+    config_warnings,
     load_config,
     parse_canary_weight,
     parse_config,
@@ -615,12 +616,66 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     ],
     ids=["syntax", "duplicate-key", "unsafe-tag"],
 )
-def test_yaml_errors_name_line_and_column(tmp_path: Path, text: str, expected: str) -> None:
+def test_yaml_errors_name_file_line_and_column(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as raised:
         load_config(path, {})
-    assert raised.value.errors == [expected]
+    assert raised.value.errors == [f"{path}: {expected}"]
+
+
+def test_a_yaml_error_next_to_an_unquoted_variable_says_to_quote_it(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("sticky:\n  secrets: [${SECRET}]\nservices: {}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"SECRET": "x"})
+    (error,) = raised.value.errors
+    assert error.startswith(f"{path}: line 2, column 14: ")
+    assert error.endswith('(a value with ${NAME} in it needs quotes: "${NAME}")')
+
+
+def test_field_and_cross_field_errors_are_reported_in_one_pass() -> None:
+    data = {
+        "listen": "127.0.0.1:9000",
+        "admin": {"listen": "127.0.0.1:9000"},
+        "services": {
+            "web": {
+                "stable": {"backends": [{"url": "http://127.0.0.1:9001"}]},
+                "canary": {"backends": [{"url": "http://127.0.0.1:9002"}]},
+                "canary_weight": 140,
+                "timeouts": {"connect": "2 parsecs"},
+            },
+            "api": {"stable": {"backends": [{"url": "http://127.0.0.1:9003"}]}},
+        },
+    }
+    assert errors_of(data) == [
+        "services.web.canary_weight: must be between 0 and 100, got 140",
+        "services.web.timeouts.connect: must be a duration like 250ms, 2s, 1m, 1h, 1d or a"
+        " number of seconds, got '2 parsecs'",
+        "services.api.match: host '*' with path_prefix '/' is already matched by service 'web'",
+        "admin.listen: same address as listen (127.0.0.1:9000)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("top", "expected"),
+    [
+        ({"admin": {"token": "t" * 32}, "sticky": {"secrets": ["s" * 32]}}, []),
+        (
+            {"admin": {"token": "short"}, "sticky": {"secrets": ["s" * 40, "tiny"]}},
+            ["admin.token: shorter than 32", "sticky.secrets.1: shorter than 32"],
+        ),
+        ({"sticky": {"secrets": []}}, ["sticky.secrets: none set"]),
+        ({}, ["sticky.secrets: none set"]),
+    ],
+    ids=["long-enough", "short", "empty-secrets", "no-sticky"],
+)
+def test_warnings_for_weak_secrets_do_not_fail(top: dict[str, Any], expected: list[str]) -> None:
+    services = {"web": {"stable": {"backends": [{"url": "http://127.0.0.1:9001"}]}}}
+    config = parse_config({**top, "services": services}, env={})
+    warnings = config_warnings(config)
+    assert [w[: len(e)] for w, e in zip(warnings, expected, strict=False)] == expected
+    assert len(warnings) == len(expected)
 
 
 def test_yaml_merge_keys_may_override() -> None:

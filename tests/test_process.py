@@ -93,6 +93,40 @@ def test_check_and_run_refuse_a_bad_config_with_exit_2(tmp_path: Path) -> None:
         assert "services.web.timeoutz: unknown key" in result.stderr
 
 
+def test_check_names_every_problem_of_a_file_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "listen: 127.0.0.1:9000\n"
+        "admin: {listen: 127.0.0.1:9000, token: short}\n"
+        "services:\n"
+        "  web:\n"
+        "    stable: {backends: [{url: 'http://127.0.0.1:9001'}]}\n"
+        "    canary: {backends: [{url: 'http://127.0.0.1:9002'}]}\n"
+        "    canary_weight: 140\n"
+        "    timeouts: {connect: 2 parsecs}\n"
+    )
+    result = cli("check", "--config", str(bad))
+    assert result.returncode == 2
+    errors = result.stderr.splitlines()
+    assert errors[0] == "services.web.canary_weight: must be between 0 and 100, got 140"
+    assert errors[1].startswith("services.web.timeouts.connect: must be a duration")
+    assert errors[2] == "admin.listen: same address as listen (127.0.0.1:9000)"
+    assert len(errors) == 3
+
+
+def test_check_warns_of_weak_secrets_and_passes(tmp_path: Path) -> None:
+    good = tmp_path / "weak.yaml"
+    good.write_text(
+        "admin: {token: short}\n"
+        "services: {web: {stable: {backends: [{url: 'http://127.0.0.1:9001'}]}}}\n"
+    )
+    result = cli("check", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert warnings[0].startswith("warning: admin.token: shorter than 32 characters (5)")
+    assert warnings[1].startswith("warning: sticky.secrets: none set")
+
+
 def test_usage_error_exits_2() -> None:
     assert cli("run").returncode == 2
     assert cli("no-such-command").returncode == 2

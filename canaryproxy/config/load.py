@@ -46,6 +46,7 @@ from canaryproxy.config.schema import (
     StateConfig,
     StickyConfig,
     TimeoutsConfig,
+    cross_field_problems,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "StateConfig",
     "StickyConfig",
     "TimeoutsConfig",
+    "config_warnings",
     "load_config",
     "parse_canary_weight",
     "parse_config",
@@ -108,7 +110,18 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
-    return parse_config(parse_yaml(text), env)
+    try:
+        data = parse_yaml(text)
+    except ConfigError as exc:  # a syntax error: name the file it is in
+        raise ConfigError([f"{path}: {error}" for error in exc.errors]) from None
+    return parse_config(data, env)
+
+
+MIN_SECRET_CHARS = 32
+"""Shorter admin tokens and cookie secrets are accepted with a warning."""
+
+# A ${NAME} or {$NAME} left unquoted is YAML flow syntax (a mapping), the usual cause.
+_QUOTE_HINT = ' (a value with ${NAME} in it needs quotes: "${NAME}")'
 
 
 def parse_yaml(text: str) -> object:
@@ -118,7 +131,10 @@ def parse_yaml(text: str) -> object:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
-        raise ConfigError([f"{where}: {exc.problem or exc.context}"]) from None
+        lines = text.splitlines()
+        near = lines[max(mark.line - 1, 0) : mark.line + 1] if mark else []
+        hint = _QUOTE_HINT if any("${" in line or "{$" in line for line in near) else ""
+        raise ConfigError([f"{where}: {exc.problem or exc.context}{hint}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"yaml: {exc}"]) from None
 
@@ -152,10 +168,36 @@ def parse_config(data: object, env: Mapping[str, str] | None = None) -> Config:
         # A value whose variable is unset is already reported; what is left of it is noise.
         unset = {path for path, _ in env_errors}
         schema_errors = [e for e in _translate(exc) if e[0] not in unset]
-        raise ConfigError(_format(env_errors + schema_errors)) from None
+        # The cross-field checks run on the model only once every field is valid: run them
+        # here on what can be read, so one pass names every problem.
+        cross = [e for e in cross_field_problems(data) if e not in schema_errors]
+        raise ConfigError(_format(env_errors + schema_errors + cross)) from None
     if env_errors:
         raise ConfigError(_format(env_errors))
     return config
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is allowed but unwise: short secrets, cookies that end with the process."""
+    warnings = []
+    token = config.admin.token
+    if token is not None and len(token) < MIN_SECRET_CHARS:
+        warnings.append(
+            f"admin.token: shorter than {MIN_SECRET_CHARS} characters ({len(token)}): "
+            "easy to guess; use e.g. `openssl rand -base64 32`"
+        )
+    for i, secret in enumerate(config.sticky.secrets):
+        if len(secret) < MIN_SECRET_CHARS:
+            warnings.append(
+                f"sticky.secrets.{i}: shorter than {MIN_SECRET_CHARS} characters "
+                f"({len(secret)}): cookies signed with it can be forged by brute force"
+            )
+    if not config.sticky.secrets:
+        warnings.append(
+            "sticky.secrets: none set: a random secret is made at each start, so every "
+            "sticky cookie (and every user's version) ends when the process restarts"
+        )
+    return warnings
 
 
 def _format(errors: list[tuple[KeyPath, str]]) -> list[str]:

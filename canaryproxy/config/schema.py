@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -385,25 +386,79 @@ class Config(_Frozen):
 
     @model_validator(mode="after")
     def _unambiguous(self) -> Self:
-        problems = _overlapping_services(self.services)
-        if self.listen == self.admin.listen and self.listen.port != 0:
-            problems.append((("admin", "listen"), f"same address as listen ({self.listen})"))
+        matches = [
+            (name, service.match.hosts, service.match.path_prefix)
+            for name, service in self.services.items()
+        ]
+        problems = _ambiguities(self.listen, self.admin.listen, matches)
         if problems:
             raise Problems(problems)
         return self
 
 
-def _overlapping_services(services: dict[str, ServiceConfig]) -> list[tuple[KeyPath, str]]:
+Match = tuple[str, tuple[str, ...], str]  # (service, hosts, path_prefix)
+
+
+def _ambiguities(
+    listen: Address | None, admin: Address | None, matches: list[Match]
+) -> list[tuple[KeyPath, str]]:
+    """The cross-field rules: one address per listener, one service per host and prefix."""
+    problems = _overlapping_services(matches)
+    if listen is not None and listen == admin and listen.port != 0:
+        problems.append((("admin", "listen"), f"same address as listen ({listen})"))
+    return problems
+
+
+def cross_field_problems(data: object) -> list[tuple[KeyPath, str]]:
+    """The cross-field rules over raw config data whose fields did not all validate: what
+    can be read is checked, what cannot is left to the field errors already reported."""
+    if not isinstance(data, dict):
+        return []
+    admin = data.get("admin")
+    listen = _readable(parse_address, data.get("listen"), Address("0.0.0.0", 8080))
+    admin_listen = _readable(
+        parse_address,
+        admin.get("listen") if isinstance(admin, dict) else None,
+        Address("127.0.0.1", 9901),
+    )
+    services = data.get("services")
+    matches: list[Match] = []
+    for name, service in services.items() if isinstance(services, dict) else []:
+        match = service.get("match") if isinstance(service, dict) else None
+        match = match if isinstance(match, dict) else {}
+        hosts = match.get("hosts", ["*"])
+        prefix = _readable(parse_url_path, match.get("path_prefix"), "/")
+        named = _readable(parse_service_name, name, None)
+        if named is not None and isinstance(hosts, list) and prefix is not None:
+            patterns = [_readable(parse_host_pattern, h, None) for h in hosts]
+            if all(p is not None for p in patterns):
+                matches.append((named, tuple(p for p in patterns if p is not None), prefix))
+    return _ambiguities(listen, admin_listen, matches)
+
+
+R = TypeVar("R")
+
+
+def _readable(parse: Callable[[object], R], value: object, default: R) -> R | None:
+    """``parse(value)``; ``default`` when absent; None when it does not parse."""
+    if value is None:
+        return default
+    try:
+        return parse(value)
+    except ValueError:
+        return None
+
+
+def _overlapping_services(matches: list[Match]) -> list[tuple[KeyPath, str]]:
     """Two services claiming the same host and path_prefix would route by file order."""
     owner: dict[tuple[str, str], str] = {}
     problems: list[tuple[KeyPath, str]] = []
-    for name, service in services.items():
-        prefix = service.match.path_prefix
-        for host in service.match.hosts:
+    for name, hosts, prefix in matches:
+        for host in hosts:
             other = owner.setdefault((host, prefix), name)
             if other != name:
-                message = f"host {host!r} with path_prefix {prefix!r} is already matched by"
-                message += f" service {other!r}"
+                message = f"host '{host}' with path_prefix '{prefix}' is already matched by"
+                message += f" service '{other}'"
                 problems.append((("services", name, "match"), message))
                 break
     return problems
