@@ -13,6 +13,7 @@ import logging
 import random
 import secrets
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from canaryproxy.admin.api import build_admin_app, set_token
 from canaryproxy.admin.controller import Controller
-from canaryproxy.config.load import Config, ConfigError, load_config
+from canaryproxy.config.load import Config, ConfigError, load_config, tls_context
 from canaryproxy.engine.server import ProxyContext, ProxyServer
 from canaryproxy.engine.upstream import ConnectionPool
 from canaryproxy.outcomes.accesslog import AccessLog
@@ -92,6 +93,7 @@ class Proxy:
             self.recorder,
         )
         self.server = ProxyServer(self.ctx)
+        self.tls = tls_context(config.tls) if config.tls is not None else None
         self.controller = Controller(self.services)
         self.loops = Loops(self.tick, self.clocks.rng)
         self.admin_runner: web.AppRunner | None = None
@@ -121,8 +123,15 @@ class Proxy:
         weights = await self.services.follow_config()  # before the first request is routed
         if weights:
             log.info("weights", extra={"weights": weights})
-        self.proxy_address = await self.server.start(cfg.listen.host, cfg.listen.port)
-        log.info("listening", extra={"listener": "proxy", "address": _fmt(self.proxy_address)})
+        self.proxy_address = await self.server.start(cfg.listen.host, cfg.listen.port, self.tls)
+        log.info(
+            "listening",
+            extra={
+                "listener": "proxy",
+                "address": _fmt(self.proxy_address),
+                "tls": self.tls is not None,
+            },
+        )
         admin_app = build_admin_app(self.controller, self.metrics, cfg.admin.token)
         self.admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
         await self.admin_runner.setup()
@@ -179,6 +188,9 @@ class Proxy:
             return self._refuse_reload(exc.errors)
         except OSError as exc:
             return self._refuse_reload([f"access_log: cannot open {config.access_log}: {exc}"])
+        if (config.tls is None) != (self.tls is None):
+            _close_log(stream)
+            return self._refuse_reload(["tls: turning TLS on or off takes a restart"])
         await self.keeper.flush()  # an ejection being persisted must not be read back stale
         # Rotation by SIGHUP: new cookies are signed with the new first secret.
         env = replace(self.env, secrets=config.sticky.secrets or self.env.secrets)
@@ -192,6 +204,8 @@ class Proxy:
             self._swap_access_log(stream)
         self.config = config
         self.env = env
+        if self.tls is not None and config.tls is not None:
+            self._reload_certificate(self.tls, config.tls.cert, config.tls.key)
         if self.admin_runner is not None:
             set_token(self.admin_runner.app, config.admin.token)
         self.install(services)
@@ -204,6 +218,15 @@ class Proxy:
         self.metrics.reload(True)
         log.info("config reloaded", extra={"services": list(config.services), "weights": weights})
         return True
+
+    def _reload_certificate(self, context: ssl.SSLContext, cert: str, key: str) -> None:
+        """New handshakes use the re-read pair; open connections keep theirs. load_config
+        has just loaded the same pair into a scratch context: this fails only if the files
+        changed in between."""
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS certificate not reloaded", extra={"cert": cert, "error": str(exc)})
 
     def _refuse_reload(self, errors: list[str]) -> bool:
         self.metrics.reload(False)

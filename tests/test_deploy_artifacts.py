@@ -158,9 +158,20 @@ def document_keys(data: object, path: str = "") -> set[str]:
     return keys
 
 
+# Blocks whose example needs files that exist (a TLS pair): documented commented out.
+COMMENTED_OUT = {"tls": ("tls", "cert", "key")}
+
+
 def test_reference_config_names_every_key_of_the_schema() -> None:
+    text = (CONFIG / "reference.yaml").read_text()
     (reference,) = load_yaml(CONFIG / "reference.yaml")
-    assert schema_keys(Config) - document_keys(reference) == set()
+    missing = schema_keys(Config) - document_keys(reference)
+    comments = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+    for block, names in COMMENTED_OUT.items():
+        missing -= {block, *(f"{block}.{name}" for name in names)}
+        for name in names:
+            assert any(c.startswith(f"{name}:") for c in comments), f"{block}: {name}"
+    assert missing == set()
     assert {"limits.drain_timeout", "services.*.outlier_detection.max_ejection_time"} <= (
         schema_keys(Config)
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
@@ -46,6 +47,7 @@ from canaryproxy.config.schema import (
     StateConfig,
     StickyConfig,
     TimeoutsConfig,
+    TlsConfig,
     cross_field_problems,
 )
 
@@ -67,6 +69,7 @@ __all__ = [
     "StateConfig",
     "StickyConfig",
     "TimeoutsConfig",
+    "TlsConfig",
     "config_warnings",
     "load_config",
     "parse_canary_weight",
@@ -74,6 +77,8 @@ __all__ = [
     "parse_duration",
     "parse_yaml",
     "summarize",
+    "tls_context",
+    "tls_problem",
 ]
 
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -114,7 +119,31 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         data = parse_yaml(text)
     except ConfigError as exc:  # a syntax error: name the file it is in
         raise ConfigError([f"{path}: {error}" for error in exc.errors]) from None
-    return parse_config(data, env)
+    config = parse_config(data, env)
+    if config.tls is not None:
+        problem = tls_problem(config.tls)
+        if problem is not None:
+            raise ConfigError([f"tls: {problem}"])
+    return config
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A server context for HTTP/1.1 over TLS 1.2+ with ``tls``'s certificate and key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def tls_problem(tls: TlsConfig) -> str | None:
+    """Why the certificate and key cannot serve (unreadable, not PEM, not a pair), or None."""
+    try:
+        tls_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"cannot load the certificate {tls.cert} with the key {tls.key}: {reason}"
+    return None
 
 
 MIN_SECRET_CHARS = 32
@@ -295,8 +324,9 @@ def _without_none(kind: object) -> object:
 def summarize(cfg: Config) -> str:
     token = "token set" if cfg.admin.token else "no token: admin routes answer 403"
     sticky = cfg.sticky
+    tls = f", TLS with {cfg.tls.cert}" if cfg.tls else ""
     lines = [
-        f"listen {cfg.listen}, admin {cfg.admin.listen} ({token})",
+        f"listen {cfg.listen}{tls}, admin {cfg.admin.listen} ({token})",
         f"sticky cookie {sticky.cookie}: mode {sticky.mode}, max_age "
         f"{format_duration(sticky.max_age)}, {len(sticky.secrets)} secret(s)",
     ]

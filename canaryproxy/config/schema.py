@@ -196,6 +196,13 @@ class AdminConfig(_Frozen):
     token: NonEmptyString | None = None
 
 
+class TlsConfig(_Frozen):
+    """TLS on ``listen``: a PEM certificate chain and its private key (re-read on SIGHUP)."""
+
+    cert: NonEmptyString
+    key: NonEmptyString
+
+
 class StateConfig(_Frozen):
     path: NonEmptyString = "var/canaryproxy.db"
 
@@ -367,6 +374,7 @@ class Config(_Frozen):
     listen: AddressField = Address("0.0.0.0", 8080)
     trusted_proxies: tuple[Network, ...] = ()
     admin: AdminConfig = AdminConfig()
+    tls: TlsConfig | None = None
     state: StateConfig = StateConfig()
     sticky: StickyConfig = StickyConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -383,6 +391,14 @@ class Config(_Frozen):
         if not services:
             raise ValueError("at least one service is required")
         return {key: service.model_copy(update={"name": key}) for key, service in services.items()}
+
+    @model_validator(mode="after")
+    def _secure_cookie_behind_tls(self) -> Self:
+        # Served over TLS, the sticky cookie is Secure unless the file says otherwise.
+        if self.tls is not None and "secure" not in self.sticky.model_fields_set:
+            secure = self.sticky.model_copy(update={"secure": True})
+            object.__setattr__(self, "sticky", secure)  # frozen: set once, while validating
+        return self
 
     @model_validator(mode="after")
     def _unambiguous(self) -> Self:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ class ProxyContext:
         self.recorder = recorder
         self.connections: set[Downstream] = set()
         self.is_draining = False
+        self.scheme = b"http"  # b"https" once the listener speaks TLS
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted_proxies:
@@ -268,6 +270,7 @@ class Downstream(asyncio.Protocol):
         head.lheaders = self.lheaders
         head.client_ip = self.client_ip
         head.is_trusted = self.is_trusted
+        head.scheme = self.ctx.scheme
         head.started = self.message_started
         try:
             read_head(head, parser.get_http_version(), self.url, parser.should_upgrade())
@@ -451,9 +454,20 @@ class ProxyServer:
         self.ctx = ctx
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Listen on host:port, over TLS with ``tls`` (whose certificate may be re-loaded
+        in place: new handshakes use the new one, open connections keep theirs)."""
+        self.ctx.scheme = b"https" if tls is not None else b"http"
         self.server = await self.ctx.loop.create_server(
-            lambda: Downstream(self.ctx), host, port, reuse_address=True, backlog=1024
+            lambda: Downstream(self.ctx),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+            ssl=tls,
+            ssl_handshake_timeout=self.ctx.limits.header_timeout if tls is not None else None,
         )
         server: Any = self.server  # uvloop's sockets are a list, typeshed says tuple
         sockets: Sequence[socket.socket] = server.sockets

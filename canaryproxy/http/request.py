@@ -48,6 +48,7 @@ class RequestHead:
         "not_forwarded",
         "path",
         "request_id",
+        "scheme",
         "started",
         "target",
         "upgrade",
@@ -70,6 +71,7 @@ class RequestHead:
         self.expect_continue = False
         self.upgrade: bytes | None = None
         self.request_id = b""
+        self.scheme = b"http"  # https on a TLS listener: X-Forwarded-Proto
         self.client_ip = b""
         self.is_trusted = False
         self.started = 0.0
@@ -206,7 +208,7 @@ def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
         out += (headers[i][0], b": ", value, b"\r\n")  # joined once at the end
     xff = http11.forwarded_for(chain, head.client_ip, trusted)
     out.append(b"X-Forwarded-For: %b\r\n" % xff)
-    out.append(b"X-Forwarded-Proto: %b\r\n" % (proto or b"http"))
+    out.append(b"X-Forwarded-Proto: %b\r\n" % (proto or head.scheme))
     out.append(b"X-Forwarded-Host: %b\r\n" % (fhost or head.host.encode("latin-1")))
     out.append(b"X-Request-Id: %b\r\nVia: %b\r\n" % (head.request_id, VIA))
     if head.body_kind == CHUNKED_BODY:
