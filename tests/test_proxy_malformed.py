@@ -447,3 +447,40 @@ async def test_upgrade_request_with_a_body_is_refused(backend: Backend) -> None:
         response = await raw_request(proxy.port, request)
     assert status_of(response) == 400
     assert backend.seen == []
+
+
+async def test_trailers_never_become_header_fields_of_a_queued_request() -> None:
+    """Found by the differential fuzzer: a chunked request's trailer fields, arriving while
+    the request waited behind another in the pipeline, were forwarded as part of its head,
+    past the head's validation. (A framing field in a trailer llhttp refuses: 400.)"""
+    heads: list[bytes] = []
+
+    async def slow_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            heads.append(head)
+            if b"transfer-encoding: chunked" in head.lower():
+                await reader.readuntil(b"0\r\n\r\n")
+            if b"/first" in head:
+                await asyncio.sleep(0.3)  # the second request is parsed meanwhile
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    backend = await RawBackend(slow_first).start()
+    try:
+        config = make_config({"web": service([backend.url])})
+        request = (
+            b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /second HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Injected: 1\r\nCookie: session=forged\r\n\r\n"
+            b"GET /third HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        async with start_proxy(config) as proxy:
+            response = await raw_request(proxy.port, request, read_timeout=3.0)
+    finally:
+        await backend.stop()
+    assert response.count(b"HTTP/1.1 200 OK") == 3
+    assert [h.split(b" ")[1] for h in heads] == [b"/first", b"/second", b"/third"]
+    second = heads[1].lower()
+    assert b"x-injected" not in second
+    assert b"cookie" not in second

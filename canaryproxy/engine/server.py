@@ -221,10 +221,18 @@ class Downstream(asyncio.Protocol):
             self._fail(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        self.lheaders.append((name.lower(), value))
         # A head that arrives in one read completes before data_received can measure it.
         self.header_bytes += len(name) + len(value) + 4
+        if self.parsing is not None:
+            # A chunked body's trailer (llhttp reports its fields here too): dropped, as
+            # nginx does (RFC 9110 §6.5.1 lets a proxy discard them). Never added to the
+            # head: one still queued behind a request in flight is forwarded later, and a
+            # trailer must not smuggle fields past the head's validation.
+            if self.header_bytes > self.limits.max_header_bytes:
+                self._fail(431, "request trailer fields too large")
+            return
+        self.headers.append((name, value))
+        self.lheaders.append((name.lower(), value))
         if self.header_bytes > self.limits.max_header_bytes:
             self._fail(431, "request header fields too large")
         if len(self.headers) > MAX_HEADERS:

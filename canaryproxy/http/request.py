@@ -209,7 +209,9 @@ def upstream_head(head: RequestHead, strip: bytes | None) -> bytes:
     xff = http11.forwarded_for(chain, head.client_ip, trusted)
     out.append(b"X-Forwarded-For: %b\r\n" % xff)
     out.append(b"X-Forwarded-Proto: %b\r\n" % (proto or head.scheme))
-    out.append(b"X-Forwarded-Host: %b\r\n" % (fhost or head.host.encode("latin-1")))
+    fhost = fhost or head.host.encode("latin-1")
+    if fhost:  # an HTTP/1.0 request may name no host at all
+        out.append(b"X-Forwarded-Host: %b\r\n" % fhost)
     out.append(b"X-Request-Id: %b\r\nVia: %b\r\n" % (head.request_id, VIA))
     if head.body_kind == CHUNKED_BODY:
         out.append(b"Transfer-Encoding: chunked\r\n")
