@@ -1,7 +1,7 @@
 """``python -m benchmarks``: canaryproxy against nginx and a direct backend, with wrk.
 
     python -m benchmarks [--duration 5] [--rounds 2] [--quick] [--only canaryproxy,nginx,direct]
-                         [--cookies] [--json PATH] [--proxy-core 0] [--load-core 1]
+                         [--cookies] [--tls] [--json PATH] [--proxy-core 0] [--load-core 1]
 
 See benchmarks/README.md for what is measured and how processes are pinned.
 """
@@ -33,15 +33,20 @@ from benchmarks.proxy_bench import (
     check_target,
     find_tools,
     free_ports,
+    make_certificate,
     measure,
     start_backend,
     start_canaryproxy,
     start_nginx_proxy,
     sticky_cookie,
+    tls_session,
 )
 
 CONNECTIONS = (1, 64)
 KINDS = ("direct", "nginx", "canaryproxy")
+TLS_KINDS = ("nginx+tls", "canaryproxy+tls")  # --tls: the two proxies over HTTPS
+# The nginx row a canaryproxy row is compared with, when it is not plain "nginx".
+PEERS = {"canaryproxy+tls": "nginx+tls"}
 ACCESS_LOG_SINK = "/dev/null"
 # The engine's goals: throughput at 64 connections, latency at 1.
 GOAL_RPS_RATIO = 0.5
@@ -54,6 +59,7 @@ class Settings:
     rounds: int
     kinds: tuple[str, ...]
     cookies: bool
+    tls: bool
     proxy_core: int
     load_core: int
     json_path: str | None
@@ -72,6 +78,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         action="store_true",
         help="also run canaryproxy with a valid sticky cookie (canaryproxy+cookie)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run nginx and canaryproxy terminating TLS (nginx+tls, canaryproxy+tls)",
+    )
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write results here")
     parser.add_argument("--proxy-core", type=int, default=0, help="CPU of the proxy under test")
     parser.add_argument("--load-core", type=int, default=1, help="CPU of the backend and wrk")
@@ -87,7 +98,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         parser.error(f"--proxy-core/--load-core must be among the CPUs we may use: {sorted(cpus)}")
     duration, rounds = (1, 1) if args.quick else (args.duration, args.rounds)
     return Settings(
-        duration, rounds, kinds, args.cookies, args.proxy_core, args.load_core, args.json_path
+        duration=duration,
+        rounds=rounds,
+        kinds=kinds,
+        cookies=args.cookies,
+        tls=args.tls,
+        proxy_core=args.proxy_core,
+        load_core=args.load_core,
+        json_path=args.json_path,
     )
 
 
@@ -100,7 +118,7 @@ def access_log_switch() -> dict[str, object]:
 
 
 def start_targets(children: Children, tools: Tools, tmp: Path, settings: Settings) -> list[Target]:
-    ports = free_ports(3)
+    ports = free_ports(4)  # backend A and B, the nginx proxy, the nginx+tls proxy
     backend = (ports[0], ports[1])
     load, proxy = settings.load_core, settings.proxy_core
     server = start_backend(children, tools, tmp / "backend", backend, load)
@@ -112,6 +130,8 @@ def start_targets(children: Children, tools: Tools, tmp: Path, settings: Setting
         targets.append(Target("nginx", nginx.url, nginx.cpu_pids()))
     if "canaryproxy" in settings.kinds or settings.cookies:
         targets += canaryproxy_targets(children, tools, tmp, backend, settings)
+    if settings.tls:
+        targets += tls_targets(children, tools, tmp, backend, ports[3], settings)
     for target in targets:
         check_target(target)
     return targets
@@ -140,6 +160,33 @@ def canaryproxy_targets(
                 Target("canaryproxy+cookie", server.url, server.cpu_pids(), (f"Cookie: {cookie}",))
             )
     return targets
+
+
+def tls_targets(
+    children: Children,
+    tools: Tools,
+    tmp: Path,
+    backend: tuple[int, int],
+    port: int,
+    settings: Settings,
+) -> list[Target]:
+    """nginx+tls and canaryproxy+tls: the nginx and canaryproxy targets terminating TLS.
+
+    Both present the same throwaway certificate, made here; wrk keeps its connections
+    alive, so what is measured is the record layer, not the handshake.
+    """
+    pair = make_certificate(tmp / "tls")
+    proxy = settings.proxy_core
+    nginx = start_nginx_proxy(children, tools, tmp / "nginx-tls", backend, port, proxy, pair)
+    workdir = tmp / "canaryproxy-tls"
+    config = canaryproxy_config(
+        workdir, backend, {"tls": {"cert": str(pair.cert), "key": str(pair.key)}}
+    )
+    server = start_canaryproxy(children, tools, workdir, config, proxy, Path(ACCESS_LOG_SINK))
+    return [
+        Target("nginx+tls", nginx.url, nginx.cpu_pids(), ca_file=pair.cert),
+        Target("canaryproxy+tls", server.url, server.cpu_pids(), ca_file=pair.cert),
+    ]
 
 
 def run_rounds(
@@ -220,6 +267,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 class Ratios:
     target: str
     connections: int
+    peer: str  # the nginx row the *_vs_nginx figures compare with: "nginx" or "nginx+tls"
     rps_vs_nginx: float | None
     rps_vs_direct: float | None
     added_p50_ms: float | None
@@ -228,24 +276,33 @@ class Ratios:
     cpu_vs_nginx: float | None
 
 
+def peer_of(target: str) -> str:
+    """The nginx row a canaryproxy row is compared with: nginx+tls for canaryproxy+tls."""
+    return PEERS.get(target, "nginx")
+
+
 def ratios(rows: list[Row]) -> list[Ratios]:
-    """Each canaryproxy row against the nginx and direct rows at the same connections."""
+    """Each canaryproxy row against its nginx peer and direct at the same connections."""
     found = {(r.target, r.connections): r for r in rows}
     return [
         _ratios_of(
-            row, found.get(("nginx", row.connections)), found.get(("direct", row.connections))
+            row,
+            peer_of(row.target),
+            found.get((peer_of(row.target), row.connections)),
+            found.get(("direct", row.connections)),
         )
         for row in rows
         if row.target.startswith("canaryproxy")
     ]
 
 
-def _ratios_of(row: Row, nginx: Row | None, direct: Row | None) -> Ratios:
+def _ratios_of(row: Row, peer: str, nginx: Row | None, direct: Row | None) -> Ratios:
     added = None if direct is None else row.p50_ms - direct.p50_ms
     nginx_added = None if direct is None or nginx is None else nginx.p50_ms - direct.p50_ms
     return Ratios(
         row.target,
         row.connections,
+        peer,
         _ratio(row.rps, None if nginx is None else nginx.rps),
         _ratio(row.rps, None if direct is None else direct.rps),
         added,
@@ -290,6 +347,12 @@ def _num(value: float | None, fmt: str) -> str:
 
 def render_header(settings: Settings, env: dict[str, str], rows: list[Row]) -> list[str]:
     log_off = any(r.target == "canaryproxy/log-off" for r in rows)
+    tls = [
+        f"{', '.join(TLS_KINDS)}: HTTPS on kept-alive connections, one throwaway self-signed"
+        " EC P-256 certificate for both; their ratios are against nginx+tls, their added p50"
+        " against plain direct",
+        f"TLS as a default Python ssl client negotiates it: {env.get('tls', '-')}",
+    ]
     return [
         f"canaryproxy benchmark: wrk -t1, GET of a 100-byte body, {settings.duration} s runs after"
         f" a 1 s warm-up, median of {settings.rounds} interleaved round(s)",
@@ -298,6 +361,7 @@ def render_header(settings: Settings, env: dict[str, str], rows: list[Row]) -> l
         f"{env['nginx']} (backend and proxy: 1 worker, access_log off); canaryproxy access log on,"
         f" stdout -> {ACCESS_LOG_SINK}"
         + ("; canaryproxy/log-off: access log off" if log_off else ""),
+        *(tls if any(r.target in TLS_KINDS for r in rows) else []),
         f"load average before -> after: {env['load_before']} -> {env['load_after']}"
         " (shared machine: numbers are noisy, ratios within one run are what compare)",
         "added p50: p50 - direct's p50; busy: proxy CPU time / wall time (1.00 = its core"
@@ -326,16 +390,21 @@ def render_rows(rows: list[Row]) -> list[str]:
 
 
 def render_ratios(found: list[Ratios]) -> list[str]:
-    lines = [
-        f"{'ratios':<23} {'conns':>5} {'req/s vs nginx':>15} {'vs direct':>10}"
-        f" {'added p50 vs nginx':>19} {'CPU vs nginx':>13}"
-    ]
-    for q in found:
+    """One block per nginx peer, its header naming the row the ratios are against."""
+    lines: list[str] = []
+    for peer in dict.fromkeys(q.peer for q in found):
+        if lines:
+            lines.append("")
         lines.append(
-            f"{q.target:<23} {q.connections:>5} {_num(q.rps_vs_nginx, '.2f'):>15}"
-            f" {_num(q.rps_vs_direct, '.2f'):>10} {_num(q.added_p50_vs_nginx, '.2f'):>19}"
-            f" {_num(q.cpu_vs_nginx, '.2f'):>13}"
+            f"{'ratios':<23} {'conns':>5} {'req/s vs ' + peer:>19} {'vs direct':>10}"
+            f" {'added p50 vs ' + peer:>23} {'CPU vs ' + peer:>17}"
         )
+        for q in (q for q in found if q.peer == peer):
+            lines.append(
+                f"{q.target:<23} {q.connections:>5} {_num(q.rps_vs_nginx, '.2f'):>19}"
+                f" {_num(q.rps_vs_direct, '.2f'):>10} {_num(q.added_p50_vs_nginx, '.2f'):>23}"
+                f" {_num(q.cpu_vs_nginx, '.2f'):>17}"
+            )
     return lines
 
 
@@ -391,6 +460,9 @@ def bench(settings: Settings, tools: Tools) -> tuple[dict[str, str], list[Sample
         with tempfile.TemporaryDirectory(prefix="canaryproxy-bench-") as tmp:
             os.chmod(tmp, 0o755)  # nginx workers run as nobody when started by root
             targets = start_targets(children, tools, Path(tmp), settings)
+            sessions = [f"{t.name} {tls_session(t)}" for t in targets if t.ca_file is not None]
+            if sessions:
+                env["tls"] = ", ".join(sessions)
             samples = run_rounds(children, tools, targets, settings)
             env["load_after"] = _loadavg()
             return env, samples

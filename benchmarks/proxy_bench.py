@@ -8,7 +8,9 @@ Rules this module keeps:
 - targets are measured interleaved (round robin, several rounds) and reported as medians:
   on a shared VM only numbers from one interleaved run are comparable;
 - every child runs in its own session and is killed, with its whole process group, when
-  the ``Children`` that started it closes — also on Ctrl-C and errors.
+  the ``Children`` that started it closes — also on Ctrl-C and errors;
+- the HTTPS targets (``--tls``) share one throwaway certificate made with the openssl command
+  line in the run's temporary directory, so both proxies do the same cryptography.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -258,6 +262,13 @@ _BACKEND = """\
 }}
 """
 
+# A throwaway self-signed certificate for 127.0.0.1, valid for a day: the same pair for
+# nginx+tls and canaryproxy+tls, so both do the same handshake and the same record crypto.
+_OPENSSL_REQ = (
+    "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    f" -subj /CN={HOST} -addext subjectAltName=IP:{HOST}"
+)
+
 # The nginx equivalent of the canaryproxy service: 95 % stable, 5 % canary, pooled keep-alive.
 _NGINX_PROXY = """\
     upstream pools {{
@@ -267,8 +278,8 @@ _NGINX_PROXY = """\
         keepalive_requests 1000000;
     }}
     server {{
-        listen {host}:{port};
-        location / {{
+        listen {host}:{port}{ssl};
+{tls}        location / {{
             proxy_pass http://pools;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -276,6 +287,38 @@ _NGINX_PROXY = """\
     }}
 }}
 """
+
+# The same proxy terminating TLS (``listen … ssl``): TLS 1.2 and 1.3, as canaryproxy serves.
+_NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A PEM certificate and its private key, as files."""
+
+    cert: Path
+    key: Path
+
+
+def make_certificate(workdir: Path) -> Certificate:
+    """A throwaway self-signed EC P-256 certificate for 127.0.0.1 in ``workdir`` (openssl)."""
+    openssl = shutil.which("openssl") or shutil.which("openssl", path="/usr/bin:/bin")
+    if openssl is None:
+        raise BenchError(
+            "missing openssl (--tls makes its certificate with it): apt-get install openssl"
+        )
+    workdir.mkdir(mode=0o755)
+    pair = Certificate(workdir / "cert.pem", workdir / "key.pem")
+    argv = [openssl, *_OPENSSL_REQ.split(), "-keyout", str(pair.key), "-out", str(pair.cert)]
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if done.returncode != 0 or not (pair.cert.exists() and pair.key.exists()):
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        raise BenchError(f"openssl could not make the certificate ({done.returncode}):\n{output}")
+    return pair
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +333,13 @@ class Server:
 
 
 def start_nginx(
-    children: Children, tools: Tools, workdir: Path, body: str, port: int, core: int
+    children: Children,
+    tools: Tools,
+    workdir: Path,
+    body: str,
+    port: int,
+    core: int,
+    scheme: str = "http",
 ) -> Server:
     workdir.mkdir(mode=0o755)
     conf = workdir / "nginx.conf"
@@ -301,7 +350,7 @@ def start_nginx(
     _wait_until(lambda: _accepts(port), proc, f"nginx ({conf})", log)
     # The master binds before it forks: wait for the worker, whose CPU time is the proxy's.
     _wait_until(lambda: len(process_tree(proc.pid)) > 1, proc, f"nginx worker ({conf})", log)
-    return Server(f"http://{HOST}:{port}/", proc.pid, proc)
+    return Server(f"{scheme}://{HOST}:{port}/", proc.pid, proc)
 
 
 def start_backend(
@@ -314,11 +363,30 @@ def start_backend(
     return server
 
 
+def nginx_proxy_config(backend: tuple[int, int], port: int, tls: Certificate | None) -> str:
+    """The ``upstream`` and ``server`` blocks of the nginx proxy; with ``tls``, over HTTPS."""
+    return _NGINX_PROXY.format(
+        host=HOST,
+        a=backend[0],
+        b=backend[1],
+        port=port,
+        ssl="" if tls is None else " ssl",
+        tls="" if tls is None else _NGINX_TLS.format(cert=tls.cert, key=tls.key),
+    )
+
+
 def start_nginx_proxy(
-    children: Children, tools: Tools, workdir: Path, backend: tuple[int, int], port: int, core: int
+    children: Children,
+    tools: Tools,
+    workdir: Path,
+    backend: tuple[int, int],
+    port: int,
+    core: int,
+    tls: Certificate | None = None,
 ) -> Server:
-    body = _NGINX_PROXY.format(host=HOST, a=backend[0], b=backend[1], port=port)
-    return start_nginx(children, tools, workdir, body, port, core)
+    body = nginx_proxy_config(backend, port, tls)
+    scheme = "http" if tls is None else "https"
+    return start_nginx(children, tools, workdir, body, port, core, scheme)
 
 
 def canaryproxy_config(
@@ -370,7 +438,8 @@ def start_canaryproxy(
     _wait_until(
         lambda: "proxy" in listening(log) and "admin" in listening(log), proc, "canaryproxy", log
     )
-    return Server(f"http://{listening(log)['proxy']}/", proc.pid, proc)
+    scheme = "https" if config.get("tls") else "http"  # the ``tls: {cert, key}`` section
+    return Server(f"{scheme}://{listening(log)['proxy']}/", proc.pid, proc)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -382,6 +451,7 @@ class Target:
     url: str
     cpu_pids: tuple[int, ...] = ()  # empty: no proxy in between, nothing to charge
     headers: tuple[str, ...] = ()
+    ca_file: Path | None = None  # an https target: the certificate it must present
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,15 +466,37 @@ class Sample:
 
 
 def check_target(target: Target) -> None:
-    """One request before measuring: a 200 with the backend's body, or the run stops."""
+    """One request before measuring: a 200 with the backend's body, or the run stops.
+
+    An https target must present the certificate in ``ca_file`` (wrk itself checks none).
+    """
     request = urllib.request.Request(target.url)
     for header in target.headers:
         name, _, value = header.partition(":")
         request.add_header(name.strip(), value.strip())
-    with urllib.request.urlopen(request, timeout=5) as response:
+    context = None if target.ca_file is None else _trusting(target.ca_file)
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
         body = response.read()
         if response.status != 200 or body != BODY:
             raise BenchError(f"{target.name}: got {response.status} {body[:80]!r}, not the body")
+
+
+def _trusting(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def tls_session(target: Target) -> str:
+    """The protocol and cipher an https target agrees on with Python's default ssl client."""
+    if target.ca_file is None:
+        raise ValueError(f"{target.name} is not an https target")
+    url = urllib.parse.urlsplit(target.url)
+    host, port = url.hostname or HOST, url.port or 443
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        _trusting(target.ca_file).wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        cipher = tls.cipher()
+        return f"{tls.version()} {'?' if cipher is None else cipher[0]}"
 
 
 def sticky_cookie(url: str) -> str:

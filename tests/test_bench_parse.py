@@ -1,12 +1,16 @@
-"""The benchmark's reading of ``wrk --latency`` output, on output captured from wrk 4.1.0."""
+"""The benchmark's pure parts: its reading of ``wrk --latency`` output (on output captured
+from wrk 4.1.0), and how the HTTPS rows of ``--tls`` are configured and compared."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import astuple
+from pathlib import Path
 
 import pytest
 
-from benchmarks.proxy_bench import WrkResult, parse_wrk
+from benchmarks.__main__ import Row, parse_args, ratios, render_ratios
+from benchmarks.proxy_bench import Certificate, WrkResult, nginx_proxy_config, parse_wrk
 
 ONE_CONNECTION = """\
 Running 1s test @ http://127.0.0.1:34417/
@@ -95,3 +99,90 @@ def test_parse_wrk_refuses_output_without_a_figure(output: str, missing: str) ->
     with pytest.raises(ValueError, match="wrk output lacks") as info:
         parse_wrk(output)
     assert missing in str(info.value)
+
+
+# --- the HTTPS rows (--tls) -----------------------------------------------------------------
+
+
+def _row(target: str, rps: float, p50_ms: float, cpu: float | None) -> Row:
+    return Row(target, 64, rps, p50_ms, p50_ms * 2, cpu, None, 0.0, 0)
+
+
+def test_canaryproxy_tls_is_compared_with_nginx_tls() -> None:
+    rows = [
+        _row("direct", 40000.0, 0.5, None),
+        _row("nginx", 20000.0, 1.0, 20.0),
+        _row("canaryproxy", 10000.0, 2.0, 40.0),
+        _row("nginx+tls", 16000.0, 1.5, 30.0),
+        _row("canaryproxy+tls", 4000.0, 5.5, 90.0),
+    ]
+    found = {q.target: q for q in ratios(rows)}
+    assert set(found) == {"canaryproxy", "canaryproxy+tls"}
+    plain, tls = found["canaryproxy"], found["canaryproxy+tls"]
+    assert (plain.peer, tls.peer) == ("nginx", "nginx+tls")
+    assert plain.rps_vs_nginx == pytest.approx(0.5)
+    assert plain.cpu_vs_nginx == pytest.approx(2.0)
+    assert tls.rps_vs_nginx == pytest.approx(4000 / 16000)
+    assert tls.cpu_vs_nginx == pytest.approx(3.0)
+    assert tls.rps_vs_direct == pytest.approx(0.1)  # direct is plain HTTP
+    assert tls.added_p50_ms == pytest.approx(5.0)
+    assert tls.nginx_added_p50_ms == pytest.approx(1.0)
+    assert tls.added_p50_vs_nginx == pytest.approx(5.0)
+
+
+def test_canaryproxy_tls_without_nginx_tls_has_no_nginx_ratio() -> None:
+    rows = [_row("nginx", 20000.0, 1.0, 20.0), _row("canaryproxy+tls", 4000.0, 5.5, 90.0)]
+    (tls,) = ratios(rows)
+    assert (tls.peer, tls.rps_vs_nginx, tls.cpu_vs_nginx) == ("nginx+tls", None, None)
+
+
+def test_ratio_table_names_the_nginx_row_it_compares_with() -> None:
+    rows = [
+        _row("nginx", 20000.0, 1.0, 20.0),
+        _row("canaryproxy", 10000.0, 2.0, 40.0),
+        _row("nginx+tls", 16000.0, 1.5, 30.0),
+        _row("canaryproxy+tls", 4000.0, 5.5, 90.0),
+    ]
+    lines = render_ratios(ratios(rows))
+    headers = [i for i, line in enumerate(lines) if line.startswith("ratios")]
+    assert len(headers) == 2
+    plain, tls = lines[headers[0]], lines[headers[1]]
+    assert "req/s vs nginx " in plain
+    assert "CPU vs nginx" in plain
+    assert "+tls" not in plain
+    assert "req/s vs nginx+tls" in tls
+    assert "CPU vs nginx+tls" in tls
+    assert lines[headers[0] + 1].startswith("canaryproxy ")
+    assert lines[headers[1] + 1].startswith("canaryproxy+tls ")
+    assert lines[headers[1] + 1].split()[2:3] == ["0.25"]  # 4000 / 16000
+
+
+def test_nginx_tls_proxy_config_listens_with_ssl_and_the_certificate() -> None:
+    pair = Certificate(Path("/tmp/x/cert.pem"), Path("/tmp/x/key.pem"))
+    plain = nginx_proxy_config((8001, 8002), 8443, None)
+    tls = nginx_proxy_config((8001, 8002), 8443, pair)
+    assert "listen 127.0.0.1:8443;" in plain
+    assert "ssl" not in plain
+    assert "listen 127.0.0.1:8443 ssl;" in tls
+    for directive in (
+        "ssl_certificate /tmp/x/cert.pem;",
+        "ssl_certificate_key /tmp/x/key.pem;",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+    ):
+        assert directive in tls
+    # Otherwise the same proxy: the TLS lines are all that differ.
+    added = [line for line in tls.splitlines() if line not in plain.splitlines()]
+    assert [line.split()[0] for line in added] == [
+        "listen",
+        "ssl_certificate",
+        "ssl_certificate_key",
+        "ssl_protocols",
+    ]
+
+
+@pytest.mark.parametrize(("argv", "tls"), [([], False), (["--tls"], True)])
+def test_tls_rows_are_opt_in(argv: list[str], tls: bool) -> None:
+    core = str(min(os.sched_getaffinity(0)))
+    settings = parse_args([*argv, "--quick", "--proxy-core", core, "--load-core", core])
+    assert settings.tls is tls
+    assert settings.kinds == ("direct", "nginx", "canaryproxy")
