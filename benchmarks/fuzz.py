@@ -49,6 +49,8 @@ from canaryproxy.outcomes.accesslog import AccessLog
 from canaryproxy.state.store import MemoryStateStore
 
 HOST = "127.0.0.1"
+# The RFC's hop-by-hop fields, written out here rather than taken from the proxy: a wrong
+# list in the proxy must show up as a difference, not be shared by both sides.
 HOP_BY_HOP = {
     b"connection",
     b"keep-alive",
@@ -74,6 +76,26 @@ class Request:
     body: bytes
 
 
+class Reading:
+    """One request as h11 delivers it, event by event."""
+
+    def __init__(self) -> None:
+        self.head: h11.Request | None = None
+        self.body = b""
+
+    def feed(self, event: object) -> Request | None:
+        """Take an event; the whole request once its end arrives."""
+        if isinstance(event, h11.Request):
+            self.head, self.body = event, b""
+        elif isinstance(event, h11.Data):
+            self.body += event.data
+        elif isinstance(event, h11.EndOfMessage) and self.head is not None:
+            head = self.head
+            headers = tuple((bytes(n), bytes(v)) for n, v in head.headers.raw_items())
+            return Request(head.method, head.target, headers, self.body)
+        return None
+
+
 # --- the recording backend -------------------------------------------------------------------
 
 
@@ -93,7 +115,7 @@ async def _backend_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, recording: Recording
 ) -> None:
     conn = h11.Connection(h11.SERVER)
-    current: list[Any] = []
+    reading = Reading()
     try:
         while True:
             event = conn.next_event()
@@ -104,14 +126,11 @@ async def _backend_connection(
                 if not data:
                     return
                 continue
-            if isinstance(event, h11.Request):
-                current = [event, b""]
-            elif isinstance(event, h11.Data):
-                current[1] += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                head: h11.Request = current[0]
-                headers = tuple((bytes(n), bytes(v)) for n, v in head.headers.raw_items())
-                recording.requests.append(Request(head.method, head.target, headers, current[1]))
+            if isinstance(event, h11.ConnectionClosed):
+                return
+            request = reading.feed(event)
+            if request is not None:
+                recording.requests.append(request)
                 out = conn.send(
                     h11.Response(
                         status_code=200, headers=[("Content-Length", "2"), ("X-Backend", "yes")]
@@ -121,8 +140,6 @@ async def _backend_connection(
                 writer.write(out)
                 await writer.drain()
                 conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                return
     except h11.RemoteProtocolError as exc:
         recording.errors.append(f"backend could not parse what the proxy sent: {exc}")
     except (ConnectionError, h11.LocalProtocolError):
@@ -221,24 +238,19 @@ def client_requests(data: bytes) -> list[Request]:
     conn.receive_data(data)
     conn.receive_data(b"")
     found: list[Request] = []
-    current: list[Any] = []
+    reading = Reading()
     try:
         while True:
             event = conn.next_event()
-            if isinstance(event, h11.Request):
-                current = [event, b""]
-            elif isinstance(event, h11.Data):
-                current[1] += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                head: h11.Request = current[0]
-                headers = tuple((bytes(n), bytes(v)) for n, v in head.headers.raw_items())
-                found.append(Request(head.method, head.target, headers, current[1]))
+            if not isinstance(event, h11.Request | h11.Data | h11.EndOfMessage):
+                return found  # NEED_DATA at the end, a close, or PAUSED
+            request = reading.feed(event)
+            if request is not None:
+                found.append(request)
                 # Answer it, so that h11 reads the next one (pipelining).
                 conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
                 conn.send(h11.EndOfMessage())
                 conn.start_next_cycle()
-            else:
-                return found  # NEED_DATA at the end, a close, or PAUSED
     except (h11.RemoteProtocolError, h11.LocalProtocolError):
         return found
 
