@@ -199,6 +199,9 @@ class Proxy:
         except StateError as exc:
             _close_log(stream)
             return self._refuse_reload([f"state: {exc}"])
+        # Weights first: an operator's change racing the rest of the reload then lands after
+        # the file's, and stays. A failed save is reported per service and changes nothing.
+        weights = await services.follow_config()
         # Nothing below can fail: the new config takes effect as a whole.
         if self.owns_access_log:
             self._swap_access_log(stream)
@@ -213,7 +216,6 @@ class Proxy:
         self.ctx.trusted_proxies = tuple(config.trusted_proxies)
         await self.loops.stop()
         await self.loops.start(self.services)
-        weights = await self.services.follow_config()
         self.tick()
         self.metrics.reload(True)
         log.info("config reloaded", extra={"services": list(config.services), "weights": weights})

@@ -18,7 +18,13 @@ from canaryproxy.config.load import load_config
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.outcomes.accesslog import AccessLog
 from canaryproxy.runtime.service import Service
-from canaryproxy.state.store import MemoryStateStore, SqliteStateStore, StateError
+from canaryproxy.state.store import (
+    AuditEntry,
+    MemoryStateStore,
+    ServiceRecord,
+    SqliteStateStore,
+    StateError,
+)
 from tests.support import LOCAL, Backend
 
 
@@ -249,4 +255,23 @@ async def test_a_reload_that_cannot_read_the_state_store_changes_nothing(
         assert 'canaryproxy_config_reloads_total{result="failed"} 1.0' in samples
     finally:
         store.broken = False
+        await proxy.stop()
+
+
+async def test_a_record_from_before_config_weights_were_kept_gets_its_baseline_saved(
+    path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    write(path, stable, canary, canary_weight=10)
+    store = MemoryStateStore()
+    legacy = ServiceRecord(40.0, False, None, None, None, None, 0)  # no source, no file weight
+    store.save("web", legacy, AuditEntry(1.0, "operator", "web", "set_weight", "10", "40"))
+    proxy = Proxy(load_config(path), config_path=str(path), store=store, access_log=AccessLog(None))
+    await proxy.start()
+    try:
+        assert proxy.services.get("web").knobs.canary_weight == 40  # the operator's stays
+        saved = store.load()["web"]
+        assert (saved.canary_weight, saved.config_weight) == (40.0, 10.0)
+        assert store.audit_log("web")[0].action == "config_baseline"
+    finally:
         await proxy.stop()

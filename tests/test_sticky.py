@@ -9,7 +9,14 @@ import re
 import pytest
 from itsdangerous import Signer
 
-from canaryproxy.decide.sticky import MAX_CLOCK_SKEW, CookieCodec, StickyValue, _Key, find_cookie
+from canaryproxy.decide.sticky import (
+    MAX_CLOCK_SKEW,
+    MAX_COPIES,
+    CookieCodec,
+    StickyValue,
+    _Key,
+    find_cookie,
+)
 from canaryproxy.vocabulary import Pool
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -408,3 +415,12 @@ def test_key_signature_is_hmac_sha256(length: int) -> None:
         payload = rng.randbytes(size)
         expected = base64.urlsafe_b64encode(hmac.digest(key, payload, "sha256")).rstrip(b"=")
         assert signer.signature(payload) == expected
+
+
+def test_only_the_first_few_copies_are_verified() -> None:
+    codec = make_codec()
+    valid = codec.encode("canary", 12, 0, NOW)
+    within = "; ".join(["cp_pool=junk"] * (MAX_COPIES - 1) + [f"cp_pool={valid}"])
+    beyond = "; ".join(["cp_pool=junk"] * MAX_COPIES + [f"cp_pool={valid}"])
+    assert codec.read([within.encode()], NOW) == StickyValue("canary", 12, 0, int(NOW), False)
+    assert codec.read([beyond.encode()], NOW) is None  # a stuffed header costs 4 HMACs at most

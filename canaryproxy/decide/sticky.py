@@ -34,7 +34,8 @@ Rules this module keeps:
   such a cookie and replaces it (never a 4xx/5xx).
 - ``read``: of several sticky cookies in one request (a stale copy on another
   Path/Domain, which our Set-Cookie cannot overwrite, or junk planted beside ours), the
-  first one that verifies counts, in the order the request lists them; the rest are
+  first one that verifies counts, in the order the request lists them (of the first
+  ``MAX_COPIES``, so that a stuffed header costs a bounded number of HMACs); the rest are
   ignored. So the same request always pins the same way: a user never bounces between
   versions because a browser sends two copies.
 - ``find_cookie`` (a ``bucket_by: cookie:NAME`` key, which carries no signature): a name
@@ -57,6 +58,10 @@ from canaryproxy.vocabulary import USER_BUCKETS, Pool
 #: How far in the future a cookie's issue time may lie before it is rejected. Several
 #: proxy instances behind one address may disagree on the time by this much.
 MAX_CLOCK_SKEW = 60.0
+
+#: Of several copies of our cookie, only the first few are verified: a request stuffed with
+#: thousands of them must not cost thousands of HMACs.
+MAX_COPIES = 4
 
 #: Values longer than this are rejected before any HMAC is computed (ours are ~65 bytes).
 MAX_VALUE_LENGTH = 200
@@ -171,7 +176,7 @@ class CookieCodec:
 
     def read(self, cookie_header_values: Sequence[bytes], now: float) -> StickyValue | None:
         """The first of our cookies that verifies (see the module rules), or None."""
-        for value in _values(cookie_header_values, self._name_bytes):
+        for value in _values(cookie_header_values, self._name_bytes)[:MAX_COPIES]:
             sticky = self.decode(_unquote(value).decode("latin-1"), now)
             if sticky is not None:
                 return sticky

@@ -156,8 +156,8 @@ def _read_headers(head: RequestHead, is_upgrade: bool) -> None:
             head.upgrade = upgrade
         else:
             # h2c or anything else: answered as plain HTTP/1.1 (the Upgrade is not
-            # forwarded), and since llhttp reads nothing after an upgrade head, the
-            # connection closes after the answer.
+            # forwarded); the client may have sent bytes in the protocol it asked for, so
+            # the connection closes after the answer rather than read them as requests.
             head.keep_alive = False
     if not head.request_id:
         # A random 128-bit id without a syscall per request (os.urandom is one).

@@ -378,7 +378,7 @@ class Services:
         for name, service in self._by_name.items():
             try:
                 note = await service.follow_config()
-            except StateError as exc:
+            except (StateError, Conflict) as exc:  # a failed save, or an ejection meanwhile
                 note = f"the file's weight was NOT applied: {exc}"
                 log.error("config weight not applied", extra={"service": name, "error": str(exc)})
             if note:

@@ -51,6 +51,7 @@ class ServiceState:
     epoch: int = 0
     weight_source: WeightSource = "config"
     config_weight: float = 0.0  # what the config file said when this state was last saved
+    is_config_weight_saved: bool = True  # False for a record written before it was kept
 
     @property
     def effective_weight(self) -> float:
@@ -81,6 +82,7 @@ class ServiceState:
         self.weight_source = record.weight_source or "admin"
         if record.config_weight is not None:
             self.config_weight = record.config_weight
+        self.is_config_weight_saved = record.config_weight is not None
 
 
 class RuntimeState:
@@ -120,6 +122,13 @@ class RuntimeState:
         (persisted first, audited as ``config``); True when it did."""
         async with self._lock:
             if state.config_weight == weight:
+                if not state.is_config_weight_saved:
+                    # A record from before config weights were kept: save what the file
+                    # says now, so that an edit made while the proxy is down is seen.
+                    new = replace(state.record(), config_weight=weight)
+                    await self._commit(
+                        state, new, "canaryproxy", "config_baseline", "", _fmt(weight)
+                    )
                 return False
             new = replace(
                 state.record(), canary_weight=weight, weight_source="config", config_weight=weight
@@ -228,6 +237,7 @@ class RuntimeState:
             await asyncio.to_thread(self.store.save, state.name, state.record(), again)
             raise Conflict("the canary was ejected while this change was being saved")
         state.apply(new)
+        state.is_config_weight_saved = True
         log.info(
             "audit",
             extra={"who": who, "service": state.name, "action": action, "old": old, "new": to},

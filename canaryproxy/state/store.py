@@ -220,23 +220,22 @@ class SqliteStateStore:
         self._identity = _identity(self._path)
 
     def load(self) -> dict[str, ServiceRecord]:
-        with self._lock:
+        with self._lock:  # one hold: a save in another thread lands before or after, whole
             try:
                 self._ensure_same_file()
+                rows = self._conn.execute(
+                    "SELECT name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,"
+                    " weight_before_eject, epoch, weight_source, config_weight FROM services"
+                    " ORDER BY name"
+                ).fetchall()
             except (sqlite3.Error, OSError) as exc:
-                raise StateError(f"state file {self._path}: cannot recreate it: {exc}") from exc
-        rows = self._query(
-            "SELECT name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,"
-            " weight_before_eject, epoch, weight_source, config_weight FROM services"
-            " ORDER BY name",
-            (),
-        )
-        try:
-            records = {_text(row[0], "name"): _record_from_row(row[1:]) for row in rows}
-        except StateError as exc:
-            raise StateError(f"state file {self._path}: bad service row: {exc}") from exc
-        self._known.update(records)
-        return records
+                raise StateError(f"state file {self._path}: cannot read: {exc}") from exc
+            try:
+                records = {_text(row[0], "name"): _record_from_row(row[1:]) for row in rows}
+            except StateError as exc:
+                raise StateError(f"state file {self._path}: bad service row: {exc}") from exc
+            self._known.update(records)
+            return records
 
     def save(self, service: str, record: ServiceRecord, audit: AuditEntry) -> None:
         with self._lock:
