@@ -304,6 +304,22 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no-services", {"services": Replace({})}, ["services: at least one service is required"]),
     ("services-missing", {"services": DELETE}, ["services: at least one service is required"]),
     (
+        "override-header-with-underscore",
+        web(override_header="X_Canary"),
+        [
+            "services.web.override_header: a header name with '_' is ignored by the proxy"
+            " (as nginx does), got 'X_Canary'"
+        ],
+    ),
+    (
+        "bucket-by-header-with-underscore",
+        web(bucket_by="header:X_User"),
+        [
+            "services.web.bucket_by: a header name with '_' is ignored by the proxy"
+            " (as nginx does), got 'header:X_User'"
+        ],
+    ),
+    (
         "bad-service-name",
         {"services": {"my web": minimal()["services"]["web"]}},
         ["services.my web: service name must be letters, digits, '_', '.' or '-'"],

@@ -141,10 +141,23 @@ def parse_token(value: object) -> str:
     return value
 
 
+_UNDERSCORE = "a header name with '_' is ignored by the proxy (as nginx does)"
+
+
+def parse_header_name(value: object) -> str:
+    """A request header the proxy reads: a token without '_' (such names are dropped)."""
+    name = parse_token(value)
+    if "_" in name:
+        raise ValueError(f"{_UNDERSCORE}, got {show(value)}")
+    return name
+
+
 def parse_bucket_by(value: object) -> BucketBy:
     source, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
     if source not in ("header", "cookie") or _TOKEN.fullmatch(name) is None:
         raise ValueError(f"must be header:NAME or cookie:NAME, got {show(value)}")
+    if source == "header" and "_" in name:
+        raise ValueError(f"{_UNDERSCORE}, got {show(value)}")
     return BucketBy("header" if source == "header" else "cookie", name)
 
 
@@ -171,6 +184,7 @@ PositiveDuration = Annotated[float, PlainValidator(duration(allow_zero=False))]
 Duration = Annotated[float, PlainValidator(duration(allow_zero=True))]
 AtLeastOne = Annotated[int, PlainValidator(whole(1))]
 Token = Annotated[str, PlainValidator(parse_token)]
+HeaderName = Annotated[str, PlainValidator(parse_header_name)]
 UrlPath = Annotated[str, PlainValidator(parse_url_path)]
 NonEmptyString = Annotated[str, PlainValidator(parse_non_empty_string)]
 AddressField = Annotated[Address, PlainValidator(parse_address)]
@@ -350,7 +364,7 @@ class ServiceConfig(_Frozen):
     canary: PoolConfig | None = None
     canary_weight: Annotated[float, PlainValidator(parse_canary_weight)] = 0.0
     bucket_by: Annotated[BucketBy, PlainValidator(parse_bucket_by)] | None = None
-    override_header: Token | None = None
+    override_header: HeaderName | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierConfig = OutlierConfig()
