@@ -467,12 +467,7 @@ def bench(settings: Settings, tools: Tools) -> tuple[dict[str, str], list[Sample
             env["load_after"] = _loadavg()
             return env, samples
     finally:
-        # A second Ctrl-C must not leave half the children running.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            children.close()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        children.close_uninterrupted()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -156,6 +156,15 @@ class Children:
         for proc in reversed(list(self.procs)):
             self.stop(proc)
 
+    def close_uninterrupted(self) -> None:
+        """``close``, with Ctrl-C ignored meanwhile: a second one must not leave half the
+        children running."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.close()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
 
 def free_ports(count: int) -> list[int]:
     """Ports the kernel just handed out; all bound at once so they differ, then released."""

@@ -740,11 +740,7 @@ def soak(settings: Settings, tools: Tools) -> int:
                 exit_code = proxy.server.proc.returncode
             log = read_proxy_log(proxy.stderr_log)
     finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            children.close()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        children.close_uninterrupted()
     g = growth(outcome.samples)
     print("\n".join(report(outcome, counts, g, exit_code, log)))
     if settings.json_path:

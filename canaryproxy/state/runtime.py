@@ -236,8 +236,7 @@ class RuntimeState:
             again = self._audit("canaryproxy", state.name, "recommit", to, "ejected")
             await asyncio.to_thread(self.store.save, state.name, state.record(), again)
             raise Conflict("the canary was ejected while this change was being saved")
-        state.apply(new)
-        state.is_config_weight_saved = True
+        state.apply(new)  # a record from record() carries config_weight: now saved
         log.info(
             "audit",
             extra={"who": who, "service": state.name, "action": action, "old": old, "new": to},
