@@ -76,6 +76,7 @@ estimate errs long.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -208,6 +209,43 @@ class Judge:
         if is_error:
             self._update_tests(pool == "canary")
         return self._judge()
+
+    def record_tally(self, rows: Sequence[Sequence[int]], now: float) -> Ejection | None:
+        """Count a flush of outcomes counted elsewhere (``tally.Tally`` rows); return the
+        Ejection if they tip the canary over.
+
+        The order of the outcomes inside one flush is not known; it is replayed as:
+        every success first (so ``w`` at each error includes the whole flush), then the
+        errors one at a time, canary and stable interleaved evenly. A flush covers at most
+        a few hundred milliseconds, over which ``w`` barely moves.
+        """
+        if now >= self._bucket_end:
+            self._advance(now)
+        errors: list[tuple[float, bool, bool, int]] = []
+        n_errors = [0, 0]
+        for canary, error, slow, lat_bin, count in rows:
+            if error:
+                n_errors[canary] += count
+            else:
+                self._add(canary == 1, count, 0, slow == 1, lat_bin)
+        seen = [0, 0]
+        for canary, error, slow, lat_bin, count in rows:
+            if error:
+                for _ in range(count):
+                    # (position in its pool's errors, as a share): merges the two evenly
+                    position = (seen[canary] + 0.5) / n_errors[canary]
+                    errors.append((position, canary == 1, slow == 1, lat_bin))
+                    seen[canary] += 1
+        errors.sort(key=lambda e: e[0])
+        ejection: Ejection | None = None
+        for _, is_canary, is_slow, error_bin in errors:
+            self._add(is_canary, 1, 1, is_slow, error_bin)
+            if self._ejection is None:
+                self._update_tests(is_canary)
+                ejection = self._judge()
+        if self._ejection is None:
+            ejection = self._judge()
+        return ejection
 
     def _add(self, canary: bool, count: int, errors: int, slow: bool, lat_bin: int) -> None:
         slot = self._slot
