@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from secrets import token_urlsafe
+from typing import IO, Any, Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -49,6 +49,11 @@ class Clocks:
     rng: random.Random = field(default_factory=random.Random)
 
 
+Role = Literal["single", "supervisor", "worker"]
+"""What a process does: all of it (one process), or its part of several (Scaling out):
+the supervisor serves the admin API, judges and probes; a worker serves ``listen``."""
+
+
 class Proxy:
     def __init__(
         self,
@@ -58,24 +63,34 @@ class Proxy:
         store: StateStore | None = None,
         clocks: Clocks | None = None,
         access_log: AccessLog | None = None,
+        role: Role = "single",
+        keeper: RuntimeState | None = None,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.config_path = config_path
+        self.role = role
         self.clocks = clocks or Clocks()
         self.loop = asyncio.get_running_loop()
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, config.metrics.buckets)
-        self.store = store or SqliteStateStore(config.state.path)
-        self.keeper = RuntimeState(self.store, self.clocks.wall)
-        if not config.sticky.secrets:
+        if keeper is not None:
+            self.keeper = keeper
+            self.store = keeper.store
+        else:
+            self.store = store or SqliteStateStore(config.state.path)
+            self.keeper = RuntimeState(self.store, self.clocks.wall)
+        if not config.sticky.secrets and not secrets and role != "worker":
             log.warning("sticky.secrets not set: using a random secret; cookies end at restart")
         self.env = Env(
             keeper=self.keeper,
             metrics=self.metrics,
-            secrets=config.sticky.secrets or (secrets.token_urlsafe(32),),
+            # A worker is handed its supervisor's random secret: one secret per instance.
+            secrets=config.sticky.secrets or secrets or (token_urlsafe(32),),
             wall=self.clocks.wall,
             monotonic=self.clocks.monotonic,
             rng=self.clocks.rng,
+            pooled=role == "worker" or self.keeper.is_shared,
         )
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))
@@ -120,10 +135,25 @@ class Proxy:
     # running ---------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        weights = await self.services.follow_config()  # before the first request is routed
-        if weights:
-            log.info("weights", extra={"weights": weights})
-        self.proxy_address = await self.server.start(cfg.listen.host, cfg.listen.port, self.tls)
+        if self.role != "worker":  # a worker's weights are the supervisor's
+            weights = await self.services.follow_config()  # before the first request
+            if weights:
+                log.info("weights", extra={"weights": weights})
+        if self.role != "supervisor":
+            listen = cfg.listen
+            reuse_port = self.role == "worker"
+            self.proxy_address = await self.server.start(
+                listen.host, listen.port, self.tls, reuse_port=reuse_port
+            )
+        if self.role == "single":
+            self.log_listening()
+        if self.role != "worker":
+            await self._start_admin()
+        self.tick()
+        if self.role != "worker":  # a worker's active health is the supervisor's
+            await self.loops.start(self.services)
+
+    def log_listening(self) -> None:
         log.info(
             "listening",
             extra={
@@ -132,6 +162,9 @@ class Proxy:
                 "tls": self.tls is not None,
             },
         )
+
+    async def _start_admin(self) -> None:
+        cfg = self.config
         admin_app = build_admin_app(self.controller, self.metrics, cfg.admin.token)
         self.admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
         await self.admin_runner.setup()
@@ -143,8 +176,6 @@ class Proxy:
         log.info("listening", extra={"listener": "admin", "address": _fmt(self.admin_address)})
         if cfg.admin.token is None:
             log.warning("admin.token not set: /admin routes answer 403")
-        self.tick()
-        await self.loops.start(self.services)
 
     async def stop(self) -> None:
         """Drain (finish in-flight requests within the grace period), flush, close."""
@@ -183,9 +214,15 @@ class Proxy:
         assert self.config_path is not None
         try:
             config = load_config(self.config_path)
-            stream = open_access_log(config.access_log) if self.owns_access_log else None
         except ConfigError as exc:
             return self._refuse_reload(exc.errors)
+        return await self.apply(config)
+
+    async def apply(self, config: Config) -> bool:
+        """Take ``config`` (read and checked) as a whole, or refuse it and keep the running
+        one: a worker is handed the config its supervisor read."""
+        try:
+            stream = open_access_log(config.access_log) if self.owns_access_log else None
         except OSError as exc:
             return self._refuse_reload([f"access_log: cannot open {config.access_log}: {exc}"])
         if (config.tls is None) != (self.tls is None):
@@ -201,7 +238,7 @@ class Proxy:
             return self._refuse_reload([f"state: {exc}"])
         # Weights first: an operator's change racing the rest of the reload then lands after
         # the file's, and stays. A failed save is reported per service and changes nothing.
-        weights = await services.follow_config()
+        weights = await services.follow_config() if self.role != "worker" else {}
         # Nothing below can fail: the new config takes effect as a whole.
         if self.owns_access_log:
             self._swap_access_log(stream)
@@ -214,8 +251,9 @@ class Proxy:
         self.install(services)
         self.ctx.limits = config.limits
         self.ctx.trusted_proxies = tuple(config.trusted_proxies)
-        await self.loops.stop()
-        await self.loops.start(self.services)
+        if self.role != "worker":
+            await self.loops.stop()
+            await self.loops.start(self.services)
         self.tick()
         self.metrics.reload(True)
         log.info("config reloaded", extra={"services": list(config.services), "weights": weights})

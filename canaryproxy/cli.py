@@ -49,9 +49,13 @@ def run(config_path: str) -> None:
     for warning in config_warnings(config):
         log.warning("config", extra={"warning": warning})
     from canaryproxy.app import serve  # imported late: `check` must not need uvloop
+    from canaryproxy.fleet.supervisor import Supervisor
 
     try:
-        code = _run_loop(serve(config, config_path))
+        if config.workers > 1:
+            code = _run_loop(Supervisor(config, config_path).run())
+        else:
+            code = _run_loop(serve(config, config_path))
     except StateError as exc:
         log.error("cannot open state", extra={"error": str(exc)})
         sys.exit(EXIT_FATAL)

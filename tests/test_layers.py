@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"admin"},
     {"app"},
+    {"fleet"},
     {"demo"},
     {"cli"},
     {"__main__"},

@@ -63,10 +63,10 @@ def test_replayed_flushes_judge_like_the_direct_path() -> None:
         if at_direct is None and direct.record(pool, error, 0.01, now) is not None:
             at_direct = i
         tally.add(pool, error, 0.01)
-        if i % 250 == 249 and at_pooled is None:
-            if pooled.record_tally(tally.drain(), now) is not None:
-                at_pooled = i
-    assert at_direct is not None and at_pooled is not None
+        if i % 250 == 249 and at_pooled is None and pooled.record_tally(tally.drain(), now):
+            at_pooled = i
+    assert at_direct is not None
+    assert at_pooled is not None
     assert abs(at_pooled - at_direct) <= 500
     assert pooled.ejected_rule == direct.ejected_rule == "comparative"
 
@@ -78,7 +78,7 @@ def test_replay_of_a_healthy_canary_never_ejects() -> None:
         tally.add(pool, error, 0.01)
         if i % 250 == 249:
             assert judge.record_tally(tally.drain(), i / 1000) is None
-    assert judge.window_stats("canary", 30.0)["requests"] > 0
+    assert judge.evidence(30.0)["canary"]["requests_since_reset"] > 0  # type: ignore[index]
 
 
 def test_replay_fires_the_latency_backstop_on_slow_rows() -> None:
@@ -90,5 +90,6 @@ def test_replay_fires_the_latency_backstop_on_slow_rows() -> None:
     for _ in range(100):
         tally.add("canary", False, 0.9)
     ejection = judge.record_tally(tally.drain(), 1.0)
-    assert ejection is not None and ejection.rule == "backstop"
+    assert ejection is not None
+    assert ejection.rule == "backstop"
     assert "p99 latency" in ejection.reason

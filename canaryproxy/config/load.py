@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -70,6 +71,7 @@ __all__ = [
     "StickyConfig",
     "TimeoutsConfig",
     "TlsConfig",
+    "config_from_text",
     "config_warnings",
     "load_config",
     "parse_canary_weight",
@@ -115,6 +117,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
+    return config_from_text(text, str(path), env)
+
+
+def config_from_text(text: str, path: str, env: Mapping[str, str] | None = None) -> Config:
+    """The config in ``text`` (read from ``path``): what a supervisor hands its workers."""
     try:
         data = parse_yaml(text)
     except ConfigError as exc:  # a syntax error: name the file it is in
@@ -327,12 +334,33 @@ def summarize(cfg: Config) -> str:
     tls = f", TLS with {cfg.tls.cert}" if cfg.tls else ""
     lines = [
         f"listen {cfg.listen}{tls}, admin {cfg.admin.listen} ({token})",
+        f"{_workers(cfg.workers)}, state {_state(cfg)}",
         f"sticky cookie {sticky.cookie}: mode {sticky.mode}, max_age "
         f"{format_duration(sticky.max_age)}, {len(sticky.secrets)} secret(s)",
     ]
     for service in cfg.services.values():
         lines.extend(_summarize_service(service))
     return "\n".join(lines)
+
+
+def _workers(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} worker processes and a supervisor"
+
+
+def _state(cfg: Config) -> str:
+    if cfg.state.redis is None:
+        return f"in {cfg.state.path}"
+    return f"shared through Redis at {redacted_url(cfg.state.redis)}"
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit for logs: the password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _summarize_service(service: ServiceConfig) -> list[str]:

@@ -11,6 +11,7 @@ Rules this module keeps (the README's "Configuration"):
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,8 +218,48 @@ class TlsConfig(_Frozen):
     key: NonEmptyString
 
 
+def parse_redis_url(value: object) -> str:
+    """``redis://[user:password@]host[:port][/db]`` or ``rediss://`` (TLS)."""
+    text = parse_non_empty_string(value)
+    try:
+        url = urlsplit(text)
+        port = url.port
+        db = url.path.strip("/")
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("redis", "rediss"):
+        raise ValueError("must start with redis:// or rediss:// (TLS)")
+    if not url.hostname:
+        raise ValueError("names no host")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    if db and not db.isdigit():
+        raise ValueError(f"the database after the host must be a number, got {db!r}")
+    if url.query or url.fragment:
+        raise ValueError("takes no ?query or #fragment")
+    return text
+
+
+def parse_workers(value: object) -> int:
+    """A number of worker processes, or ``auto``: one per core."""
+    if value == "auto":
+        return max(os.cpu_count() or 1, 1)
+    if type(value) is not int:
+        raise ValueError(f"must be a whole number or auto, got {value!r}")
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be between 1 and {MAX_WORKERS}, got {value}")
+    return value
+
+
+MAX_WORKERS = 256
+
+
 class StateConfig(_Frozen):
     path: NonEmptyString = "var/canaryproxy.db"
+    # Shared by every instance instead of the file at path; see "Running several instances".
+    redis: Annotated[str, PlainValidator(parse_redis_url)] | None = None
+    # This instance's name in shared state (audit rows, logs); default host:pid.
+    instance: NonEmptyString | None = None
 
 
 class StickyConfig(_Frozen):
@@ -390,6 +431,7 @@ class Config(_Frozen):
     admin: AdminConfig = AdminConfig()
     tls: TlsConfig | None = None
     state: StateConfig = StateConfig()
+    workers: Annotated[int, PlainValidator(parse_workers)] = 1
     sticky: StickyConfig = StickyConfig()
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -114,6 +114,12 @@ class ActiveCheck:
         """What the latest failed probe said (kept after later successes), None if none."""
         return self._last_error
 
+    def follow(self, healthy: bool, streak: int, last_error: str | None) -> None:
+        """Take the state of a check probed elsewhere (a worker follows its supervisor)."""
+        self._healthy = healthy
+        self._streak = streak
+        self._last_error = last_error
+
     def observe(self, ok: bool, detail: str = "") -> bool:
         """Record one probe result; True when it flipped the healthy state."""
         if not ok:

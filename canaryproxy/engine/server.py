@@ -463,7 +463,7 @@ class ProxyServer:
         self.server: asyncio.Server | None = None
 
     async def start(
-        self, host: str, port: int, tls: ssl.SSLContext | None = None
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False
     ) -> tuple[str, int]:
         """Listen on host:port, over TLS with ``tls`` (whose certificate may be re-loaded
         in place: new handshakes use the new one, open connections keep theirs)."""
@@ -473,6 +473,7 @@ class ProxyServer:
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port,  # workers: each its own socket on one port (SO_REUSEPORT)
             backlog=1024,
             ssl=tls,
             ssl_handshake_timeout=self.ctx.limits.header_timeout if tls is not None else None,

@@ -22,7 +22,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -74,6 +74,8 @@ class _Families:
     rejected: Counter
     dropped_fields: Counter
     reloads: Counter
+    workers: Gauge
+    state_store_up: Gauge
 
 
 def _families(registry: CollectorRegistry) -> _Families:
@@ -136,6 +138,16 @@ def _families(registry: CollectorRegistry) -> _Families:
             "canaryproxy_config_reloads_total",
             "Config reloads (SIGHUP), by result (ok, failed).",
             ("result",),
+            registry=registry,
+        ),
+        workers=Gauge(
+            "canaryproxy_workers",
+            "Worker processes alive (1 for a single process).",
+            registry=registry,
+        ),
+        state_store_up=Gauge(
+            "canaryproxy_state_store_up",
+            "1 while the state store answers (SQLite file, or Redis when shared).",
             registry=registry,
         ),
     )
@@ -386,6 +398,10 @@ class Metrics:
         self._live: list[ServiceMetrics] = []
         self._rejected: dict[int, Counter] = {}
         self._reloads = {r: self.families.reloads.labels(r) for r in ("ok", "failed")}
+        self.families.workers.set(1)
+        self.families.state_store_up.set(1)
+        # What /metrics collects: the registry, or a supervisor's view that adds its workers'.
+        self.source: Any = registry
         # collect() is all a registry asks of a collector (describe() is optional).
         registry.register(cast(Collector, _RequestCollector(self._live, self.bounds)))
         ProcessCollector(registry=registry)
@@ -420,4 +436,10 @@ class Metrics:
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The scrape body and its Content-Type; OpenMetrics when `accept` asks for it."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self._registry), content_type
+        return encoder(self.source), content_type
+
+    def set_workers(self, alive: int) -> None:
+        self.families.workers.set(alive)
+
+    def set_state_store_up(self, up: bool) -> None:
+        self.families.state_store_up.set(1 if up else 0)

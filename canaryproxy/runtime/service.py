@@ -31,6 +31,7 @@ from canaryproxy.decide.director import BackendRuntime, Director, Outcome, Servi
 from canaryproxy.decide.health import ActiveCheck, BackendHealth, OutlierDetector
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
+from canaryproxy.judge.tally import Row, Tally
 from canaryproxy.outcomes.metrics import Metrics, ServiceMetrics
 from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState
 from canaryproxy.state.store import ServiceRecord, StateError
@@ -53,6 +54,9 @@ class Env:
     wall: Callable[[], float]
     monotonic: Callable[[], float]
     rng: random.Random
+    # True where the judge is elsewhere (a worker process, or an instance sharing its
+    # state): outcomes are counted in each service's ``tally`` and flushed, not judged here.
+    pooled: bool = False
 
 
 class Service:
@@ -94,6 +98,11 @@ class Service:
         else:
             self.metrics = env.metrics.service(self.name, labels)
         self.judge = self._build_judge(previous)
+        self.tally: Tally | None = None
+        if env.pooled and self.has_canary:
+            self.tally = Tally(config.error_budget.max_p99_latency)
+            if previous is not None and previous.tally is not None:
+                self.tally.merge(previous.tally.drain())
 
     def __repr__(self) -> str:
         weight, ejected = self.effective_weight, self.knobs.is_ejected
@@ -106,9 +115,11 @@ class Service:
         judges now, or none, never a judge the reload discarded."""
         if successor is None:
             self.judge = None
+            self.tally = None
             self.metrics.remove()
         else:
             self.judge = successor.judge
+            self.tally = successor.tally
 
     # building ----------------------------------------------------------------------------
     def _health(
@@ -198,12 +209,52 @@ class Service:
                 last.attempt("ok" if answered else "failed")
 
     def _judge_outcome(self, pool: Pool, is_error: bool, latency: float) -> None:
+        tally = self.tally
+        if tally is not None:
+            tally.add(pool, is_error, latency)
+            return
         judge = self.judge
         if judge is None:
             return
         ejection = judge.record(pool, is_error, latency, self.env.monotonic())
         if ejection is not None:
             self._ejected_by_judge(ejection)
+
+    def judge_tally(self, rows: list[Row], epoch: int) -> None:
+        """Judge a flush of outcomes counted elsewhere (a worker, another instance).
+
+        Outcomes counted under an older epoch (before an ejection) are not this
+        judgement's: a restored canary is judged afresh."""
+        judge = self.judge
+        if judge is None or epoch != self.knobs.epoch or not rows:
+            return
+        ejection = judge.record_tally(rows, self.env.monotonic())
+        if ejection is not None:
+            self._ejected_by_judge(ejection)
+
+    def follow_record(self, record: ServiceRecord) -> None:
+        """Take the knobs decided elsewhere: by the supervisor (in a worker) or through
+        another instance (shared state). The judge follows: ejected with the canary, afresh
+        on a restore. The ejection counter is the deciding process's, not bumped here."""
+        knobs = self.knobs
+        was_ejected, old_epoch = knobs.is_ejected, knobs.epoch
+        knobs.apply(record)
+        judge = self.judge
+        if judge is not None:
+            if knobs.is_ejected and not judge.is_ejected:
+                judge.mark_ejected(knobs.eject_rule or "manual", knobs.eject_reason or "")
+            elif not knobs.is_ejected and (was_ejected or knobs.epoch != old_epoch):
+                judge.reset(self.env.monotonic())
+        if knobs.is_ejected and not was_ejected:
+            log.info(
+                "canary ejected elsewhere",
+                extra={
+                    "service": self.name,
+                    "rule": knobs.eject_rule,
+                    "reason": knobs.eject_reason,
+                },
+            )
+        self.refresh()
 
     def _ejected_by_judge(self, ejection: Ejection) -> None:
         if not self.env.keeper.eject_now(self.knobs, ejection.rule, ejection.reason):

@@ -86,6 +86,8 @@ class ServiceState:
 
 
 class RuntimeState:
+    is_shared = False  # one process's state (a file); SharedState is every instance's
+
     def __init__(self, store: StateStore, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock

@@ -40,6 +40,8 @@ __all__ = [
     "SqliteStateStore",
     "StateError",
     "StateStore",
+    "record_from_dict",
+    "record_to_dict",
 ]
 
 # Bumped whenever the tables change; a file written by a newer canaryproxy is refused, an
@@ -138,8 +140,8 @@ class StateStore(Protocol):
 class MemoryStateStore:
     """A `StateStore` that forgets on exit: for tests, and for callers that opt out of a file."""
 
-    def __init__(self) -> None:
-        self._records: dict[str, ServiceRecord] = {}
+    def __init__(self, records: dict[str, ServiceRecord] | None = None) -> None:
+        self._records: dict[str, ServiceRecord] = dict(records or {})
         self._audit: list[AuditEntry] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -446,6 +448,28 @@ def _record_from_row(row: tuple[object, ...]) -> ServiceRecord:
         epoch=_integer(epoch, "epoch"),
         weight_source=_source(_optional_text(source, "weight_source")),
         config_weight=None if config is None else _number(config, "config_weight"),
+    )
+
+
+_FIELDS = (
+    "canary_weight", "ejected", "eject_reason", "eject_rule", "ejected_at",
+    "weight_before_eject", "epoch", "weight_source", "config_weight",
+)  # fmt: skip
+
+
+def record_to_dict(record: ServiceRecord) -> dict[str, object]:
+    """A record as plain JSON values (sent to workers, stored in Redis)."""
+    return {name: getattr(record, name) for name in _FIELDS}
+
+
+def record_from_dict(data: object) -> ServiceRecord:
+    """A record read back from JSON, checked like a row of the file; StateError if bad."""
+    if not isinstance(data, dict):
+        raise StateError(f"a service record must be an object, got {data!r}")
+    row = tuple(data.get(name) for name in _FIELDS)
+    ejected = row[1]
+    return _record_from_row(
+        (row[0], int(ejected) if isinstance(ejected, bool) else ejected, *row[2:])
     )
 
 
