@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from ipaddress import ip_network
 from pathlib import Path
@@ -870,6 +871,7 @@ def test_summarize_lists_listeners_services_and_pools() -> None:
     assert summarize(cfg) == "\n".join(
         [
             "listen 0.0.0.0:8080, admin 127.0.0.1:9901 (token set)",
+            "1 process, state in var/canaryproxy.db",
             "sticky cookie cp_pool: mode session, max_age 1d, 1 secret(s)",
             "service web: hosts *, path /",
             "  stable: http://127.0.0.1:9001 (weight 3), http://127.0.0.1:9003 (weight 1)",
@@ -882,9 +884,41 @@ def test_summarize_lists_listeners_services_and_pools() -> None:
 
 def test_summarize_service_without_canary() -> None:
     cfg = load_config(CONFIG_DIR / "minimal.yaml", {})
-    assert summarize(cfg).splitlines()[2:] == [
+    assert summarize(cfg).splitlines()[3:] == [
         "service web: hosts *, path /",
         "  stable: http://127.0.0.1:9001 (weight 1)",
         "  no canary pool: load-balances stable only",
         "  health: passive outlier detection only",
     ]
+
+
+def test_workers_and_shared_state_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "workers: auto\n"
+        "state: {redis: 'redis://:hunter2@cache:6380/2', instance: pod-a}\n"
+        "services: {web: {stable: {backends: [{url: 'http://127.0.0.1:9001'}]}}}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.workers == max(os.cpu_count() or 1, 1)
+    assert (cfg.state.redis, cfg.state.instance) == ("redis://:hunter2@cache:6380/2", "pod-a")
+    assert "hunter2" not in summarize(cfg)
+    assert "redis://:***@cache:6380/2" in summarize(cfg)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("workers: 0", "workers: must be between 1 and 256, got 0"),
+        ("workers: two", "workers: must be a whole number or auto, got 'two'"),
+        ("state: {redis: 'http://cache'}", "state.redis: must start with redis://"),
+        ("state: {redis: 'redis://cache/x'}", "state.redis: the database after the host"),
+        ("state: {redis: 'redis://'}", "state.redis: names no host"),
+    ],
+)
+def test_bad_workers_and_redis_are_named(tmp_path: Path, line: str, error: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(line + "\nservices: {web: {stable: {backends: [{url: 'http://127.0.0.1:9001'}]}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(e.startswith(error) for e in info.value.errors), info.value.errors
