@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -25,7 +27,13 @@ from prometheus_client import CollectorRegistry
 
 from canaryproxy.admin.api import build_admin_app, set_token
 from canaryproxy.admin.controller import Controller
-from canaryproxy.config.load import Config, ConfigError, load_config, tls_context
+from canaryproxy.config.load import (
+    Config,
+    ConfigError,
+    load_config,
+    redacted_url,
+    tls_context,
+)
 from canaryproxy.engine.server import ProxyContext, ProxyServer
 from canaryproxy.engine.upstream import ConnectionPool
 from canaryproxy.outcomes.accesslog import AccessLog
@@ -33,7 +41,9 @@ from canaryproxy.outcomes.metrics import Metrics
 from canaryproxy.outcomes.recorder import Recorder
 from canaryproxy.runtime.loops import Loops
 from canaryproxy.runtime.service import Env, Services
+from canaryproxy.runtime.sharing import Sharing
 from canaryproxy.state.runtime import RuntimeState
+from canaryproxy.state.shared import SharedState
 from canaryproxy.state.store import SqliteStateStore, StateError, StateStore
 from canaryproxy.vocabulary import hostport
 
@@ -111,6 +121,11 @@ class Proxy:
         self.tls = tls_context(config.tls) if config.tls is not None else None
         self.controller = Controller(self.services)
         self.loops = Loops(self.tick, self.clocks.rng)
+        self.sharing: Sharing | None = None
+        if isinstance(self.keeper, SharedState) and role != "worker":
+            self.sharing = Sharing(self.keeper, lambda: self.services)
+            self.keeper.on_up = self.metrics.set_state_store_up
+            self.metrics.set_state_store_up(self.keeper.up)
         self.admin_runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self.proxy_address: tuple[str, int] = ("", 0)
@@ -152,6 +167,8 @@ class Proxy:
         self.tick()
         if self.role != "worker":  # a worker's active health is the supervisor's
             await self.loops.start(self.services)
+        if self.sharing is not None:
+            self.sharing.start()
 
     def log_listening(self) -> None:
         log.info(
@@ -181,6 +198,8 @@ class Proxy:
         """Drain (finish in-flight requests within the grace period), flush, close."""
         await self.server.drain(self.config.limits.drain_timeout)
         await self.loops.close()
+        if self.sharing is not None:
+            await self.sharing.stop()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         await self.keeper.flush()
@@ -188,7 +207,7 @@ class Proxy:
         stream = self.access_log.stream
         if self.owns_access_log:
             _close_log(stream)
-        self.store.close()
+        await self.keeper.close()
 
     def _swap_access_log(self, stream: IO[str] | None) -> None:
         """SIGHUP reopens the access log (a moved file is recreated: logrotate's way)."""
@@ -274,8 +293,23 @@ class Proxy:
         return False
 
 
+async def open_keeper(config: Config, clocks: Clocks | None = None) -> RuntimeState | None:
+    """The shared state for ``state.redis``, its records read (None: the SQLite file)."""
+    url = config.state.redis
+    if url is None:
+        return None
+    instance = config.state.instance or f"{socket.gethostname()}:{os.getpid()}"
+    keeper = SharedState(url, instance, (clocks or Clocks()).wall)
+    await keeper.load()
+    log.info(
+        "state shared through Redis",
+        extra={"redis": redacted_url(url), "instance": instance, "up": keeper.up},
+    )
+    return keeper
+
+
 async def serve(config: Config, config_path: str | None) -> int:
-    proxy = Proxy(config, config_path=config_path)
+    proxy = Proxy(config, config_path=config_path, keeper=await open_keeper(config))
     stop = asyncio.Event()
     started = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -918,7 +918,9 @@ def test_workers_and_shared_state_keys(tmp_path: Path) -> None:
 )
 def test_bad_workers_and_redis_are_named(tmp_path: Path, line: str, error: str) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(line + "\nservices: {web: {stable: {backends: [{url: 'http://127.0.0.1:9001'}]}}}\n")
+    path.write_text(
+        line + "\nservices: {web: {stable: {backends: [{url: 'http://127.0.0.1:9001'}]}}}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(e.startswith(error) for e in info.value.errors), info.value.errors

@@ -111,8 +111,8 @@ async def finish(r: Running) -> int:
     return await asyncio.to_thread(r.proc.wait, 30)
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Any, within: float = 5.0) -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = await check()
         if value or time.monotonic() > deadline:
@@ -197,7 +197,7 @@ async def test_a_killed_worker_is_replaced_and_keeps_the_admin_state(
         victim = r.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         started = time.monotonic()
-        pids = await eventually(lambda: _two_new(r, victim), timeout=5)
+        pids = await eventually(lambda: _two_new(r, victim), within=5)
         assert pids, r.worker_pids()
         assert time.monotonic() - started < 3
         values = await eventually(lambda: _workers_are(r, 2))

@@ -35,7 +35,7 @@ from canaryproxy.admin.openapi import MAX_REASON_CHARS, openapi_document
 from canaryproxy.config.load import parse_canary_weight
 from canaryproxy.outcomes.metrics import Metrics
 from canaryproxy.state.runtime import Conflict
-from canaryproxy.state.store import StateError
+from canaryproxy.state.store import StateError, StoreUnavailable
 
 __all__ = ["MAX_BODY_BYTES", "AdminController", "Conflict", "build_admin_app", "set_token"]
 
@@ -124,6 +124,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         # An oversized body is a bad request like any other body we refuse: 400.
         status = 400 if isinstance(exc, web.HTTPRequestEntityTooLarge) else exc.status
         return _error_response(status, _describe(exc, request), _keep_headers(exc))
+    except StoreUnavailable as exc:
+        log.error("admin change refused: %s", exc)
+        return _error_response(503, "state store unavailable")
     except StateError as exc:
         log.error("admin change not persisted: %s", exc)
         return _error_response(500, f"the change was not made: {exc}")

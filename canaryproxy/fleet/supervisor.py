@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from canaryproxy.app import Proxy
+from canaryproxy.app import Proxy, open_keeper
 from canaryproxy.config.load import Config, ConfigError, config_from_text
 from canaryproxy.fleet import ipc
 from canaryproxy.outcomes.merge import MergedView, WorkerSums
@@ -90,7 +90,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self._reload(started)))
         self.reserved = _reserve(self.config.listen.host, self.config.listen.port)
         self.port = int(self.reserved.getsockname()[1])
-        self.proxy = proxy = Proxy(self.config, config_path=self.config_path, role="supervisor")
+        keeper = await open_keeper(self.config)
+        self.proxy = proxy = Proxy(
+            self.config, config_path=self.config_path, role="supervisor", keeper=keeper
+        )
         proxy.metrics.source = MergedView(proxy.registry, self.sums)
         await proxy.start()
         try:

@@ -192,7 +192,10 @@ class RuntimeState:
         old_weight = state.canary_weight
         state.apply(self._ejected_record(state, rule, reason))
         audit = self._audit("canaryproxy", name, f"eject:{rule}", _fmt(old_weight), reason)
-        record = state.record()
+        self._save_ejection(name, state.record(), audit)
+        return True
+
+    def _save_ejection(self, name: str, record: ServiceRecord, audit: AuditEntry) -> None:
         try:
             self.store.save(name, record, audit)
         except Exception:
@@ -200,7 +203,6 @@ class RuntimeState:
             task = asyncio.get_running_loop().create_task(self._persist(name, record, audit))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-        return True
 
     async def _persist(self, name: str, record: ServiceRecord, audit: AuditEntry) -> None:
         async with self._lock:
@@ -213,6 +215,9 @@ class RuntimeState:
         """Wait for background commits (called on shutdown)."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        self.store.close()
 
     # helpers -------------------------------------------------------------------------------
     def _ejected_record(self, state: ServiceState, rule: EjectRule, reason: str) -> ServiceRecord:
@@ -231,7 +236,7 @@ class RuntimeState:
     ) -> None:
         audit = self._audit(who, state.name, action, old, to)
         before = state.record()
-        await asyncio.to_thread(self.store.save, state.name, new, audit)
+        await self._save(state, new, audit)
         if state.record() != before:
             # An automatic ejection landed while this was being saved, and its commit may
             # have gone in before ours: write memory's state again so the store ends ejected.
@@ -243,6 +248,10 @@ class RuntimeState:
             "audit",
             extra={"who": who, "service": state.name, "action": action, "old": old, "new": to},
         )
+
+    async def _save(self, state: ServiceState, new: ServiceRecord, audit: AuditEntry) -> None:
+        """Write an operator's change (or the file's weight); raises if it was not written."""
+        await asyncio.to_thread(self.store.save, state.name, new, audit)
 
     def _audit(self, who: str, service: str, action: str, old: str, new: str) -> AuditEntry:
         return AuditEntry(

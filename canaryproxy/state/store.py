@@ -40,6 +40,7 @@ __all__ = [
     "SqliteStateStore",
     "StateError",
     "StateStore",
+    "StoreUnavailable",
     "record_from_dict",
     "record_to_dict",
 ]
@@ -92,6 +93,10 @@ log = logging.getLogger("canaryproxy.state")
 
 class StateError(Exception):
     """The state file cannot be used; the message names the file and says why."""
+
+
+class StoreUnavailable(StateError):
+    """The shared state store (Redis) does not answer: nothing was changed."""
 
 
 @dataclass(frozen=True, slots=True)
