@@ -1,0 +1,271 @@
+"""Two real instances sharing one real ``redis-server`` (no fakes), in front of real
+backends (the README's "Running several instances")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+import yaml
+
+from tests.support import LOCAL, Backend, ProxyProcess, free_port
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server (Debian redis-server)"
+)
+
+TOKEN = "shared-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class RedisServer:
+    """A throwaway redis-server on an ephemeral port, no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", LOCAL, "--save", ""]
+        cmd += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, host=LOCAL, decode_responses=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOCAL}:{self.port}/0"
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared(redis_server: RedisServer) -> Iterator[RedisServer]:
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.client().flushall()
+    yield redis_server
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
+    stable, canary = await Backend("stable").start(), await Backend("canary").start()
+    yield stable, canary
+    await stable.stop()
+    await canary.stop()
+
+
+def write_config(tmp: Path, name: str, url: str, stable: Backend, canary: Backend) -> Path:
+    config = {
+        "listen": f"{LOCAL}:0",
+        "admin": {"listen": f"{LOCAL}:0", "token": TOKEN},
+        "state": {"redis": url, "instance": name},
+        "sticky": {"secrets": ["shared-secret"]},
+        "access_log": "off",
+        "limits": {"drain_timeout": "2s"},
+        "services": {
+            "web": {
+                "stable": {"backends": [{"url": stable.url}]},
+                "canary": {"backends": [{"url": canary.url}]},
+                "canary_weight": 20,
+            }
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Instance:
+    def __init__(self, proc: ProxyProcess, session: aiohttp.ClientSession) -> None:
+        self.proc = proc
+        self.session = session
+        self.base = f"http://{LOCAL}:{proc.proxy_port}"
+        self.admin = f"http://{LOCAL}:{proc.admin_port}/admin/services/web"
+        self.metrics_url = f"http://{LOCAL}:{proc.admin_port}/metrics"
+
+    async def state(self) -> dict[str, Any]:
+        async with self.session.get(self.admin, headers=AUTH) as resp:
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    async def change(self, verb: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        url = f"{self.admin}{path}"
+        async with self.session.request(verb, url, json=body, headers=AUTH) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, n: int) -> list[int]:
+        statuses = []
+        for _ in range(n):
+            async with self.session.get(f"{self.base}/") as resp:
+                await resp.read()
+                statuses.append(resp.status)
+        return statuses
+
+    async def store_up(self) -> float:
+        async with self.session.get(self.metrics_url) as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith("canaryproxy_state_store_up "):
+                    return float(line.split()[1])
+        raise AssertionError("no canaryproxy_state_store_up")
+
+
+@pytest.fixture
+async def pair(
+    tmp_path: Path, shared: RedisServer, backends: tuple[Backend, Backend]
+) -> AsyncIterator[tuple[Instance, Instance]]:
+    stable, canary = backends
+    procs = [
+        await asyncio.to_thread(
+            ProxyProcess(write_config(tmp_path, name, shared.url, stable, canary)).start
+        )
+        for name in ("a", "b")
+    ]
+    session = aiohttp.ClientSession()
+    yield Instance(procs[0], session), Instance(procs[1], session)
+    await session.close()
+    for proc in procs:
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+
+
+async def until(check: Any, within: float) -> float:
+    """Seconds until ``check()`` is true; fails past ``within``."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, "not within the time allowed"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def audit(server: RedisServer) -> list[dict[str, Any]]:
+    return [json.loads(f["entry"]) for _, f in server.client().xrange("canaryproxy:audit")]
+
+
+async def test_a_weight_set_on_one_instance_reaches_the_other_within_a_second(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    status, _ = await a.change("PUT", "/weight", {"canary": 35})
+    assert status == 200
+
+    async def b_has_it() -> bool:
+        return (await b.state())["canary_weight"] == 35
+
+    assert await until(b_has_it, within=1.0) < 1.0
+    assert (await b.state())["weight_source"] == "admin"
+
+
+async def test_an_ejection_on_one_instance_stops_the_canary_on_the_other(
+    pair: tuple[Instance, Instance], backends: tuple[Backend, Backend], shared: RedisServer
+) -> None:
+    a, b = pair
+    _, canary = backends
+    status, _ = await b.change("POST", "/eject", {"reason": "bad build"})
+    assert status == 200
+
+    async def a_ejected() -> bool:
+        return bool((await a.state())["ejected"])
+
+    assert await until(a_ejected, within=1.0) < 1.0
+    seen = len(canary.seen)
+    assert await a.get(100) == [200] * 100
+    assert len(canary.seen) == seen
+    state_a, state_b = await a.state(), await b.state()
+    assert state_a["epoch"] == state_b["epoch"] == 1  # one shared epoch for the cookies
+    assert [e["action"] for e in audit(shared)].count("eject:manual") == 1
+
+
+async def test_a_canary_failing_on_traffic_split_over_both_is_ejected_once(
+    pair: tuple[Instance, Instance], backends: tuple[Backend, Backend], shared: RedisServer
+) -> None:
+    a, b = pair
+    _, canary = backends
+    canary.fail_rate_every = 3
+    for _ in range(40):
+        await asyncio.gather(a.get(50), b.get(50))
+        if (await a.state())["ejected"] and (await b.state())["ejected"]:
+            break
+    assert (await a.state())["ejected"]
+    assert (await b.state())["ejected"]
+    await asyncio.sleep(0.3)  # a second writer, if any, would have written by now
+    ejections = [e for e in audit(shared) if e["action"].startswith("eject:")]
+    assert len(ejections) == 1, ejections
+    assert ejections[0]["action"] == "eject:comparative"
+    # The judge saw both instances' traffic: more canary requests than either one sent.
+    counts = (await a.state())["evidence"]["canary"]["requests_since_reset"]
+    assert counts > 0
+
+
+async def test_redis_away_fail_static_then_written_back_when_it_returns(
+    pair: tuple[Instance, Instance], shared: RedisServer, backends: tuple[Backend, Backend]
+) -> None:
+    a, b = pair
+    _, canary = backends
+    shared.stop()
+    assert await a.get(20) == [200] * 20  # fail-static: still serving
+    status, body = await a.change("PUT", "/weight", {"canary": 50})
+    assert (status, body) == (503, {"error": "state store unavailable"})
+    assert (await a.state())["canary_weight"] == 20  # nothing changed
+
+    async def down() -> bool:
+        return await a.store_up() == 0 and await b.store_up() == 0
+
+    await until(down, within=5.0)
+    # B's judge still ejects on what B sees (safety first); A does not know yet.
+    canary.fail_rate_every = 2
+    for _ in range(40):
+        await b.get(50)
+        if (await b.state())["ejected"]:
+            break
+    assert (await b.state())["ejected"]
+    assert not (await a.state())["ejected"]
+    shared.start()  # empty: it lost every record
+
+    async def a_follows() -> bool:
+        return bool((await a.state())["ejected"]) and await a.store_up() == 1
+
+    await until(a_follows, within=10.0)  # B wrote its ejection back; A read it
+    stored = json.loads(shared.client().hget("canaryproxy:services", "web") or "{}")
+    assert stored["record"]["ejected"]
+    assert (await a.state())["epoch"] == (await b.state())["epoch"]
+    assert (await a.change("POST", "/restore", {"canary": 10}))[0] == 200
+
+    async def b_restored() -> bool:
+        state = await b.state()
+        return not state["ejected"] and state["canary_weight"] == 10
+
+    await until(b_restored, within=1.0)
