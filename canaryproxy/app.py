@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import ssl
@@ -104,6 +105,8 @@ class Proxy:
         )
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))
+        if role == "worker":
+            self.access_log.chunk = select.PIPE_BUF
         self.recorder = Recorder(self.metrics, self.access_log)
         self.services = Services.build(config, self.env)
         # Keep-alive connections by backend address, shared by every service that names it.

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 from aiohttp import WSMsgType, web
 
 from canaryproxy.app import Clocks, Proxy
@@ -383,3 +384,39 @@ class ProxyProcess:
             self.proc.wait()
         if self.proc is not None:
             self._drain_log()
+
+
+class RedisServer:
+    """A throwaway redis-server on an ephemeral port, no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", LOCAL, "--save", ""]
+        cmd += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, host=LOCAL, decode_responses=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOCAL}:{self.port}/0"

@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 import yaml
 
-from tests.support import LOCAL, Backend, ProxyProcess, free_port
+from tests.support import LOCAL, Backend, ProxyProcess, RedisServer
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs redis-server (Debian redis-server)"
@@ -26,42 +24,6 @@ pytestmark = pytest.mark.skipif(
 
 TOKEN = "shared-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class RedisServer:
-    """A throwaway redis-server on an ephemeral port, no persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", LOCAL, "--save", ""]
-        cmd += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, host=LOCAL, decode_responses=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://{LOCAL}:{self.port}/0"
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +34,11 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def shared(redis_server: RedisServer) -> Iterator[RedisServer]:
+def shared(redis_server: RedisServer) -> RedisServer:
     if redis_server.proc is None:
         redis_server.start()
     redis_server.client().flushall()
-    yield redis_server
+    return redis_server
 
 
 @pytest.fixture
@@ -172,7 +134,8 @@ async def until(check: Any, within: float) -> float:
 
 
 def audit(server: RedisServer) -> list[dict[str, Any]]:
-    return [json.loads(f["entry"]) for _, f in server.client().xrange("canaryproxy:audit")]
+    entries: Any = server.client().xrange("canaryproxy:audit")
+    return [json.loads(fields["entry"]) for _, fields in entries]
 
 
 async def test_a_weight_set_on_one_instance_reaches_the_other_within_a_second(
@@ -183,7 +146,7 @@ async def test_a_weight_set_on_one_instance_reaches_the_other_within_a_second(
     assert status == 200
 
     async def b_has_it() -> bool:
-        return (await b.state())["canary_weight"] == 35
+        return bool((await b.state())["canary_weight"] == 35)
 
     assert await until(b_has_it, within=1.0) < 1.0
     assert (await b.state())["weight_source"] == "admin"

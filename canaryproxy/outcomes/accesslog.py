@@ -108,6 +108,9 @@ def access_line(outcome: Outcome, known: BackendFields, at: str) -> str:
 class AccessLog:
     def __init__(self, stream: IO[str] | None, clock: Clock | None = None) -> None:
         self.stream = stream
+        # Workers share one stdout or file: then each write is whole lines of at most
+        # PIPE_BUF bytes, which the kernel keeps together (0: one write per flush).
+        self.chunk = 0
         self.backend_fields = BackendFields()
         self.clock = clock or Clock()
         self.lines: list[str] = []
@@ -141,8 +144,26 @@ class AccessLog:
             self._handle = None
         if self.stream is None or not self.lines:
             return
-        self.lines.append("")
-        self.stream.write("\n".join(self.lines))
-        self.stream.flush()
+        if self.chunk:
+            self._write_chunked(self.stream, self.lines, self.chunk)
+        else:
+            self.lines.append("")
+            self.stream.write("\n".join(self.lines))
+            self.stream.flush()
         self.lines = []
         self.size = 0
+
+    def _write_chunked(self, stream: IO[str], lines: list[str], limit: int) -> None:
+        part: list[str] = []
+        size = 0
+        for line in lines:
+            n = len(line.encode()) + 1
+            if part and size + n > limit:
+                stream.write("".join(part))
+                stream.flush()
+                part, size = [], 0
+            part.append(line + "\n")
+            size += n
+        if part:
+            stream.write("".join(part))
+            stream.flush()
