@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -41,7 +42,11 @@ from tests.support import Backend, make_config, raw_request, service, start_prox
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 K8S = CONFIG / "k8s"
-ENV = {"CANARYPROXY_ADMIN_TOKEN": "test-admin-token", "CANARYPROXY_COOKIE_SECRET": "test-secret"}
+ENV = {
+    "CANARYPROXY_ADMIN_TOKEN": "test-admin-token",
+    "CANARYPROXY_COOKIE_SECRET": "test-secret",
+    "POD_NAME": "canaryproxy-abc12",
+}
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
 
@@ -664,8 +669,11 @@ def test_k8s_manifests_have_the_expected_kinds() -> None:
     assert found == {
         ("Secret", "canaryproxy"),
         ("ConfigMap", "canaryproxy"),
-        ("PersistentVolumeClaim", "canaryproxy-state"),
         ("Deployment", "canaryproxy"),
+        ("PodDisruptionBudget", "canaryproxy"),
+        ("Deployment", "redis"),
+        ("PersistentVolumeClaim", "redis-data"),
+        ("Service", "redis"),
         ("Service", "canaryproxy"),
         ("Service", "canaryproxy-admin"),
         ("Deployment", "web-stable"),
@@ -674,7 +682,9 @@ def test_k8s_manifests_have_the_expected_kinds() -> None:
         ("Service", "web-canary"),
     }
     assert all(
-        d["apiVersion"] in ("v1", "apps/v1") for d in k8s_docs() if d["kind"] != "Kustomization"
+        d["apiVersion"] in ("v1", "apps/v1", "policy/v1")
+        for d in k8s_docs()
+        if d["kind"] != "Kustomization"
     )
 
 
@@ -717,8 +727,8 @@ def selected_deployments(svc: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize(
     "name",
-    ["canaryproxy", "canaryproxy-admin", "web-stable", "web-canary"],
-    ids=["canaryproxy", "canaryproxy-admin", "web-stable", "web-canary"],
+    ["canaryproxy", "canaryproxy-admin", "web-stable", "web-canary", "redis"],
+    ids=["canaryproxy", "canaryproxy-admin", "web-stable", "web-canary", "redis"],
 )
 def test_service_reaches_exactly_one_deployments_port(name: str) -> None:
     svc = k8s_doc("Service", name)
@@ -746,10 +756,11 @@ def test_proxy_backends_are_the_example_apps_services() -> None:
 
 def test_proxy_gets_every_variable_its_config_references() -> None:
     (text,) = [t for name, t in configmap_configs() if name == "canaryproxy#canaryproxy.yaml"]
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container_of("canaryproxy")["env"]}
+    env = {e["name"]: e["valueFrom"] for e in container_of("canaryproxy")["env"]}
     assert set(re.findall(r"\$\{(\w+)\}", text)) == set(env) == set(ENV)
+    assert env.pop("POD_NAME") == {"fieldRef": {"fieldPath": "metadata.name"}}
     secret = k8s_doc("Secret", "canaryproxy")
-    for ref in env.values():
+    for ref in (source["secretKeyRef"] for source in env.values()):
         assert ref["name"] == secret["metadata"]["name"]
         assert ref["key"] in secret["stringData"]
 
@@ -761,12 +772,29 @@ def test_proxy_mounts_match_the_image_and_the_config() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     (item,) = volumes["config"]["configMap"]["items"]
     assert f"{mounts['config']}/{item['path']}" == dockerfile_cmd()[-1]
-    assert mounts["state"] in dockerfile_args("VOLUME")
-    assert Path(proxy_config().state.path).parent == Path(mounts["state"])
-    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == "canaryproxy-state"
+    assert set(mounts) == {"config"}  # the state is in Redis, not on a volume
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert pod["securityContext"]["runAsUser"] == dockerfile_uid()
+
+
+def test_replicas_share_the_redis_service_and_roll_one_at_a_time() -> None:
+    config = proxy_config()
+    assert config.state.redis is not None
+    url = urlsplit(config.state.redis)
+    redis_service = k8s_doc("Service", str(url.hostname))
+    assert url.port in [p["port"] for p in redis_service["spec"]["ports"]]
+    assert config.state.instance == ENV["POD_NAME"]
+    assert config.workers >= 2
+    spec = k8s_doc("Deployment", "canaryproxy")["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    budget = k8s_doc("PodDisruptionBudget", "canaryproxy")["spec"]
+    assert budget["minAvailable"] >= 1
+    assert (
+        budget["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_grace_period_outlasts_the_drain() -> None:
