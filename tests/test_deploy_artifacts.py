@@ -610,6 +610,7 @@ ALERT_SERIES = [
         "values": "0 0 1x20",
     },
     {"series": f"up{{{TARGET}}}", "values": "1 1 0x20"},
+    {"series": f"canaryproxy_state_store_up{{{TARGET}}}", "values": "1 1 0x20"},
 ]
 
 WEB = {"service": "web"}
@@ -637,6 +638,8 @@ ALERT_EXPECTATIONS = [
         {**WEB, "severity": "warning", "verdict": "shared_degradation"},
     ),
     _alert("3m", "ConfigReloadFailed", {"result": "failed", "severity": "warning"}),
+    _alert("2m", "StateStoreDown"),
+    _alert("4m", "StateStoreDown", {"severity": "critical"}),
     _alert("2m", "CanaryproxyDown"),
     _alert("4m", "CanaryproxyDown", {"severity": "critical"}),
 ]
