@@ -1,7 +1,8 @@
 """``python -m benchmarks``: canaryproxy against nginx and a direct backend, with wrk.
 
     python -m benchmarks [--duration 5] [--rounds 2] [--quick] [--only canaryproxy,nginx,direct]
-                         [--cookies] [--tls] [--json PATH] [--proxy-core 0] [--load-core 1]
+                         [--cookies] [--tls] [--workers 1,2] [--json PATH]
+                         [--proxy-core 0] [--load-core 1]
 
 See benchmarks/README.md for what is measured and how processes are pinned.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -38,6 +40,7 @@ from benchmarks.proxy_bench import (
     start_backend,
     start_canaryproxy,
     start_nginx_proxy,
+    start_redis,
     sticky_cookie,
     tls_session,
 )
@@ -63,6 +66,7 @@ class Settings:
     proxy_core: int
     load_core: int
     json_path: str | None
+    workers: tuple[int, ...] = ()
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -83,6 +87,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         action="store_true",
         help="also run nginx and canaryproxy terminating TLS (nginx+tls, canaryproxy+tls)",
     )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="scale-out rows instead of the usual ones: for each count (e.g. 1,2), nginx with"
+        " that many worker_processes, canaryproxy with that many workers on SQLite and on"
+        " Redis (canaryproxy/wN, canaryproxy/wN+redis)",
+    )
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write results here")
     parser.add_argument("--proxy-core", type=int, default=0, help="CPU of the proxy under test")
     parser.add_argument("--load-core", type=int, default=1, help="CPU of the backend and wrk")
@@ -97,6 +108,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     if not {args.proxy_core, args.load_core} <= cpus:
         parser.error(f"--proxy-core/--load-core must be among the CPUs we may use: {sorted(cpus)}")
     duration, rounds = (1, 1) if args.quick else (args.duration, args.rounds)
+    try:
+        workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
+    except ValueError:
+        parser.error(f"--workers takes counts like 1,2, got {args.workers!r}")
+    if any(w < 1 for w in workers):
+        parser.error("--workers counts must be at least 1")
     return Settings(
         duration=duration,
         rounds=rounds,
@@ -106,6 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         proxy_core=args.proxy_core,
         load_core=args.load_core,
         json_path=args.json_path,
+        workers=workers,
     )
 
 
@@ -125,6 +143,11 @@ def start_targets(children: Children, tools: Tools, tmp: Path, settings: Setting
     targets = []
     if "direct" in settings.kinds:
         targets.append(Target("direct", server.url))
+    if settings.workers:
+        targets += scale_targets(children, tools, tmp, backend, settings)
+        for target in targets:
+            check_target(target)
+        return targets
     if "nginx" in settings.kinds:
         nginx = start_nginx_proxy(children, tools, tmp / "nginx", backend, ports[2], proxy)
         targets.append(Target("nginx", nginx.url, nginx.cpu_pids()))
@@ -159,6 +182,37 @@ def canaryproxy_targets(
             targets.append(
                 Target("canaryproxy+cookie", server.url, server.cpu_pids(), (f"Cookie: {cookie}",))
             )
+    return targets
+
+
+def scale_targets(
+    children: Children, tools: Tools, tmp: Path, backend: tuple[int, int], settings: Settings
+) -> list[Target]:
+    """For each worker count N: nginx/wN (worker_processes N), canaryproxy/wN (state in
+    SQLite) and canaryproxy/wN+redis (state shared through a redis-server). Every proxy is
+    pinned to the proxy core, its workers too: the rows compare the CPU a request costs,
+    not scaling, which this machine's cores (shared with wrk and the backend) cannot show.
+    A +redis row's CPU includes the redis-server's."""
+    ports = free_ports(len(settings.workers) + 1)
+    redis = start_redis(children, tmp / "redis", ports[-1], settings.load_core)
+    targets = []
+    for i, n in enumerate(settings.workers):
+        nginx = start_nginx_proxy(
+            children, tools, tmp / f"nginx-w{n}", backend, ports[i], settings.proxy_core,
+            workers=n,
+        )  # fmt: skip
+        targets.append(Target(f"nginx/w{n}", nginx.url, nginx.cpu_pids()))
+        for name, state in ((f"canaryproxy/w{n}", None), (f"canaryproxy/w{n}+redis", redis)):
+            workdir = tmp / name.replace("/", "-")
+            extra: dict[str, object] = {"workers": n}
+            if state is not None:
+                extra["state"] = {"redis": state.url, "instance": name}
+            config = canaryproxy_config(workdir, backend, extra)
+            server = start_canaryproxy(
+                children, tools, workdir, config, settings.proxy_core, Path(ACCESS_LOG_SINK)
+            )
+            pids = server.cpu_pids() + ((state.pid,) if state is not None else ())
+            targets.append(Target(name, server.url, pids))
     return targets
 
 
@@ -277,7 +331,11 @@ class Ratios:
 
 
 def peer_of(target: str) -> str:
-    """The nginx row a canaryproxy row is compared with: nginx+tls for canaryproxy+tls."""
+    """The nginx row a canaryproxy row is compared with: nginx+tls for canaryproxy+tls,
+    nginx/wN for canaryproxy/wN and canaryproxy/wN+redis."""
+    scaled = re.match(r"canaryproxy/(w\d+)", target)
+    if scaled:
+        return f"nginx/{scaled.group(1)}"
     return PEERS.get(target, "nginx")
 
 
@@ -416,6 +474,20 @@ def render_goals(judged: list[Goal]) -> list[str]:
     return lines
 
 
+def render_scale(rows: list[Row]) -> list[str]:
+    """Scale-out rows: CPU per request against the single process on SQLite (the 5 % bound)."""
+    base = {r.connections: r for r in rows if r.target == "canaryproxy/w1"}
+    scaled = [r for r in rows if r.target.startswith("canaryproxy/w") and r.connections in base]
+    if not scaled:
+        return []
+    lines = [f"{'CPU us/req vs canaryproxy/w1':<29} {'conns':>5} {'ratio':>7} {'within 5 %':>10}"]
+    for r in scaled:
+        q = _ratio(r.cpu_us_per_request, base[r.connections].cpu_us_per_request)
+        within = "-" if q is None else ("yes" if q <= 1.05 else "NO")
+        lines.append(f"{r.target:<29} {r.connections:>5} {_num(q, '.3f'):>7} {within:>10}")
+    return lines
+
+
 def render(
     settings: Settings,
     env: dict[str, str],
@@ -426,6 +498,9 @@ def render(
     sections = [render_header(settings, env, rows), render_rows(rows)]
     if found:
         sections.append(render_ratios(found))
+    scale = render_scale(rows)
+    if scale:
+        sections.append(scale)
     sections.append(render_goals(judged))
     return "\n\n".join("\n".join(section) for section in sections)
 

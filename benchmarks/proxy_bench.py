@@ -248,7 +248,7 @@ def _accepts(port: int) -> bool:
 _NGINX_HEAD = """\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -349,16 +349,17 @@ def start_nginx(
     port: int,
     core: int,
     scheme: str = "http",
+    workers: int = 1,
 ) -> Server:
     workdir.mkdir(mode=0o755)
     conf = workdir / "nginx.conf"
-    conf.write_text(_NGINX_HEAD.format(dir=workdir) + body)
+    conf.write_text(_NGINX_HEAD.format(dir=workdir, workers=workers) + body)
     log = workdir / "error.log"
     argv = [tools.nginx, "-p", str(workdir), "-c", str(conf), "-e", str(log)]
     proc = children.start(argv, core, subprocess.DEVNULL, log.open("ab"))
     _wait_until(lambda: _accepts(port), proc, f"nginx ({conf})", log)
     # The master binds before it forks: wait for the worker, whose CPU time is the proxy's.
-    _wait_until(lambda: len(process_tree(proc.pid)) > 1, proc, f"nginx worker ({conf})", log)
+    _wait_until(lambda: len(process_tree(proc.pid)) > workers, proc, f"nginx workers ({conf})", log)
     return Server(f"{scheme}://{HOST}:{port}/", proc.pid, proc)
 
 
@@ -392,10 +393,24 @@ def start_nginx_proxy(
     port: int,
     core: int,
     tls: Certificate | None = None,
+    workers: int = 1,
 ) -> Server:
     body = nginx_proxy_config(backend, port, tls)
     scheme = "http" if tls is None else "https"
-    return start_nginx(children, tools, workdir, body, port, core, scheme)
+    return start_nginx(children, tools, workdir, body, port, core, scheme, workers)
+
+
+def start_redis(children: Children, workdir: Path, port: int, core: int) -> Server:
+    """A redis-server with no persistence, for the shared-state rows."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise BenchError("--workers compares shared state too: install redis-server")
+    workdir.mkdir(mode=0o755)
+    log = workdir / "redis.log"
+    argv = [redis, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    proc = children.start(argv, core, log.open("ab"), subprocess.STDOUT)
+    _wait_until(lambda: _accepts(port), proc, "redis-server", log)
+    return Server(f"redis://{HOST}:{port}/0", proc.pid, proc)
 
 
 def canaryproxy_config(
