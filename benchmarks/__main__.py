@@ -284,6 +284,7 @@ class Row:
     proxy_busy: float | None
     others: float
     errors: int
+    root_cpu_us: float | None = None
 
 
 def _median(values: list[float]) -> float:
@@ -297,6 +298,7 @@ def median_rows(samples: list[Sample]) -> list[Row]:
         group = [s for s in samples if (s.connections, s.target) == (connections, target)]
         cpus = [s.cpu_us_per_request for s in group if s.cpu_us_per_request is not None]
         busy = [s.proxy_busy for s in group if s.proxy_busy is not None]
+        roots = [s.root_cpu_us for s in group if s.root_cpu_us is not None]
         rows.append(
             Row(
                 target,
@@ -308,6 +310,7 @@ def median_rows(samples: list[Sample]) -> list[Row]:
                 _median(busy) if busy else None,
                 _median([s.others for s in group]),
                 sum(s.wrk.errors for s in group),
+                _median(roots) if roots else None,
             )
         )
     return rows
@@ -480,11 +483,18 @@ def render_scale(rows: list[Row]) -> list[str]:
     scaled = [r for r in rows if r.target.startswith("canaryproxy/w") and r.connections in base]
     if not scaled:
         return []
-    lines = [f"{'CPU us/req vs canaryproxy/w1':<29} {'conns':>5} {'ratio':>7} {'within 5 %':>10}"]
+    lines = [
+        f"{'CPU us/req vs canaryproxy/w1':<29} {'conns':>5} {'ratio':>7} {'within 5 %':>10}"
+        f" {'supervisor us/req':>18}"
+    ]
     for r in scaled:
         q = _ratio(r.cpu_us_per_request, base[r.connections].cpu_us_per_request)
         within = "-" if q is None else ("yes" if q <= 1.05 else "NO")
-        lines.append(f"{r.target:<29} {r.connections:>5} {_num(q, '.3f'):>7} {within:>10}")
+        root = r.root_cpu_us if "/w1" not in r.target else None  # w1: the root is all of it
+        lines.append(
+            f"{r.target:<29} {r.connections:>5} {_num(q, '.3f'):>7} {within:>10}"
+            f" {_num(root, '.2f'):>18}"
+        )
     return lines
 
 
@@ -501,7 +511,8 @@ def render(
     scale = render_scale(rows)
     if scale:
         sections.append(scale)
-    sections.append(render_goals(judged))
+    else:
+        sections.append(render_goals(judged))
     return "\n\n".join("\n".join(section) for section in sections)
 
 

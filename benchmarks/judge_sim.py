@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from benchmarks.batch_judge import record_successes
 from canaryproxy.judge.budget import BudgetParams, Ejection, Judge, Pool
+from canaryproxy.judge.tally import Tally
 
 RPS = 100.0
 LATENCY = 0.05
@@ -150,6 +151,11 @@ What ran (every run has its own seed drawn from --seed; runs stop at an ejection
 - late regression: w=5 %, 100,000 requests at 0.5 %/0.5 %, then the canary at
   10 %; canary requests counted from the regression's start, compared with the
   first row's p95 (runs ejected before the regression are left out and counted).
+- pooled: the first row's canary, each request to one of 4 instances at random; the
+  judge of one process, the pooled judge (each instance's tally flushed every 250 ms
+  and replayed as the shared stream would), and 4 judges each seeing only its own
+  instance's requests (no pooling: the first to eject decides). Seconds, not requests:
+  a flush delays, a quarter of the traffic slows.
 Successes between two errors go to batch_judge.record_successes per pool and time
 bucket: the same outcome as one record() each (tests/test_budget.py checks it)."""
 
@@ -250,6 +256,62 @@ def scenario_late_regression(seeds: random.Random, runs: int, reference_p95: flo
     return (scenario, "<= 2.5x the from-start p95", result, ratio <= 2.5)
 
 
+INSTANCES = 4
+FLUSH = 0.25
+
+
+def _pooled_run(rng: random.Random, w: float, p0: float, pc: float, cap: int) -> list[float]:
+    """Seconds to ejection of one bad canary judged three ways on the same requests: one
+    process; ``INSTANCES`` instances pooling counts every ``FLUSH`` s (replayed in instance
+    order, as the shared stream delivers them); each instance judging only its own share
+    (the first of them to eject). ``inf`` when not ejected within ``cap`` requests."""
+    single = Judge(PARAMS, 0.0)
+    pooled = Judge(PARAMS, 0.0)
+    alone = [Judge(PARAMS, 0.0) for _ in range(INSTANCES)]
+    tallies = [Tally(None) for _ in range(INSTANCES)]
+    found = [math.inf, math.inf, math.inf]
+    next_flush = FLUSH
+    for i in range(cap):
+        t = i / RPS
+        while t >= next_flush:
+            for tally in tallies:
+                if found[1] == math.inf and pooled.record_tally(tally.drain(), next_flush):
+                    found[1] = next_flush
+            next_flush += FLUSH
+        pool: Pool = "canary" if rng.random() < w else "stable"
+        error = rng.random() < (pc if pool == "canary" else p0)
+        where = rng.randrange(INSTANCES)
+        if found[0] == math.inf and single.record(pool, error, LATENCY, t):
+            found[0] = t
+        tallies[where].add(pool, error, LATENCY)
+        if found[2] == math.inf and alone[where].record(pool, error, LATENCY, t):
+            found[2] = t
+        if math.inf not in found:
+            break
+    return found
+
+
+def scenario_pooled(seeds: random.Random, runs: int) -> Row:
+    """The usual bad canary (w=5 %, 0.5 % -> 10 %) over 4 instances flushing every 250 ms."""
+    w, p0, pc = 0.05, 0.005, 0.10
+    cap = int(200 / (pc * w))
+    times: list[list[float]] = [[], [], []]
+    for _ in range(runs):
+        for found, t in zip(
+            times, _pooled_run(random.Random(seeds.getrandbits(64)), w, p0, pc, cap), strict=True
+        ):
+            found.append(t)
+    one, pooled, alone = (_p95(t) for t in times)
+    medians = [statistics.median(t) for t in times]
+    result = (
+        f"p95 to eject: one process {one:.1f} s, {INSTANCES} pooled {pooled:.1f} s, "
+        f"{INSTANCES} judging alone {alone:.1f} s (medians {medians[0]:.1f} / "
+        f"{medians[1]:.1f} / {medians[2]:.1f} s at {RPS:g} req/s in all)"
+    )
+    scenario = f"w=5%, 0.5% -> 10%, over {INSTANCES} instances flushing every {FLUSH:g} s"
+    return (scenario, f"pooled p95 <= one process's + {FLUSH:g} s", result, pooled <= one + FLUSH)
+
+
 def _upper_95(events: int, trials: int) -> float:
     """One-sided 95 % upper bound of a binomial rate (exact, by bisection)."""
     lo, hi = events / trials, 1.0
@@ -309,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda: scenario_healthy(seeds, args.runs, args.healthy_requests),
         lambda: scenario_shared_outage(seeds, args.runs),
         lambda: scenario_late_regression(seeds, args.runs, reference),
+        lambda: scenario_pooled(seeds, args.runs),
     ]
     for stage in stages:
         began = time.perf_counter()

@@ -487,6 +487,7 @@ class Sample:
     cpu_us_per_request: float | None  # proxy CPU time per request
     proxy_busy: float | None  # proxy CPU time / wall time: 1.0 is one core saturated
     others: float  # CPUs' worth of time used by processes the benchmark did not start
+    root_cpu_us: float | None = None  # the first pid's share (a supervisor, nginx's master)
 
 
 def check_target(target: Target) -> None:
@@ -569,13 +570,16 @@ def measure(
     """
     run_wrk(children, tools, target, connections, 1, core)
     pids = list(target.cpu_pids)
+    root_before = cpu_seconds(pids[:1])
     proxy_before, own_before = cpu_seconds(pids), own_cpu_seconds(children)
     machine_before, wall_before = machine_busy_seconds(), time.monotonic()
     result = run_wrk(children, tools, target, connections, seconds, core)
     proxy, own = cpu_seconds(pids) - proxy_before, own_cpu_seconds(children) - own_before
+    root = cpu_seconds(pids[:1]) - root_before
     wall = time.monotonic() - wall_before
     others = max(0.0, machine_busy_seconds() - machine_before - own) / wall
     if not pids or not result.requests:
         return Sample(target.name, connections, round_, result, None, None, others)
     cpu_us = proxy / result.requests * 1e6
-    return Sample(target.name, connections, round_, result, cpu_us, proxy / wall, others)
+    root_us = root / result.requests * 1e6
+    return Sample(target.name, connections, round_, result, cpu_us, proxy / wall, others, root_us)

@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import ssl
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -105,7 +106,7 @@ class Proxy:
         )
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))
-        if role == "worker":
+        if role == "worker" and _is_pipe(self.access_log.stream):
             self.access_log.chunk = select.PIPE_BUF
         self.recorder = Recorder(self.metrics, self.access_log)
         self.services = Services.build(config, self.env)
@@ -361,6 +362,19 @@ def open_access_log(where: str) -> IO[str] | None:
     if where == "stderr":
         return sys.stderr
     return open(where, "a", encoding="utf-8", buffering=1 << 16)
+
+
+def _is_pipe(stream: IO[str] | None) -> bool:
+    """A pipe or socket (stdout under a supervisor, Docker, systemd): writes by several
+    processes stay whole only up to PIPE_BUF bytes. A regular file opened for appending
+    keeps each write whole however long."""
+    if stream is None:
+        return False
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _fmt(address: tuple[str, int]) -> str:

@@ -157,7 +157,7 @@ class AccessLog:
         part: list[str] = []
         size = 0
         for line in lines:
-            n = len(line.encode()) + 1
+            n = (len(line) if line.isascii() else len(line.encode())) + 1
             if part and size + n > limit:
                 stream.write("".join(part))
                 stream.flush()
