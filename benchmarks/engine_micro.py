@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from canaryproxy.app import Proxy
+from canaryproxy.app import Proxy, Role
 from canaryproxy.config.load import parse_config
 from canaryproxy.engine.server import Downstream
 from canaryproxy.engine.upstream import UpstreamConn
@@ -99,9 +99,10 @@ class NullStream:
         pass
 
 
-async def run(canary: bool, access_log: bool, cookie: bool, n: int) -> float:
+async def run(canary: bool, access_log: bool, cookie: bool, n: int, role: Role = "single") -> float:
     log = AccessLog(NullStream() if access_log else None)  # type: ignore[arg-type]
-    proxy = Proxy(scenario_config(canary, access_log), store=MemoryStateStore(), access_log=log)
+    config = scenario_config(canary, access_log)
+    proxy = Proxy(config, store=MemoryStateStore(), access_log=log, role=role)
     down = Downstream(proxy.ctx)
     down.connection_made(FakeTransport(("127.0.0.1", 50000)))  # type: ignore[arg-type]
     conns = []
@@ -138,15 +139,19 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50_000, help="requests per scenario")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many")
     args = parser.parse_args()
-    scenarios = [
-        ("stable only, access log off", False, False, False),
-        ("stable only, access log on", False, True, False),
-        ("canary 5 %, new user (cookie signed)", True, True, False),
-        ("canary 5 %, returning user (cookie verified)", True, True, True),
+    scenarios: list[tuple[str, bool, bool, bool, Role]] = [
+        ("stable only, access log off", False, False, False, "single"),
+        ("stable only, access log on", False, True, False, "single"),
+        ("canary 5 %, new user (cookie signed)", True, True, False, "single"),
+        ("canary 5 %, returning user (cookie verified)", True, True, True, "single"),
+        # A worker's request path: outcomes counted for the supervisor's judge.
+        ("canary 5 %, new user, in a worker", True, True, False, "worker"),
     ]
     print(f"{'scenario':<48} {'µs/request':>10}  (best of {args.rounds} × {args.n:,})")
-    for name, canary, access, cookie in scenarios:
-        best = min(asyncio.run(run(canary, access, cookie, args.n)) for _ in range(args.rounds))
+    for name, canary, access, cookie, role in scenarios:
+        best = min(
+            asyncio.run(run(canary, access, cookie, args.n, role)) for _ in range(args.rounds)
+        )
         print(f"{name:<48} {best:>10.2f}")
 
 

@@ -372,7 +372,7 @@ def _is_pipe(stream: IO[str] | None) -> bool:
         return False
     try:
         mode = os.fstat(stream.fileno()).st_mode
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # not a file at all (tests, benchmarks)
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 

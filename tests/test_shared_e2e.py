@@ -49,8 +49,11 @@ async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
     await canary.stop()
 
 
-def write_config(tmp: Path, name: str, url: str, stable: Backend, canary: Backend) -> Path:
+def write_config(
+    tmp: Path, name: str, url: str, stable: Backend, canary: Backend, workers: int = 1
+) -> Path:
     config = {
+        "workers": workers,
         "listen": f"{LOCAL}:0",
         "admin": {"listen": f"{LOCAL}:0", "token": TOKEN},
         "state": {"redis": url, "instance": name},
@@ -232,3 +235,43 @@ async def test_redis_away_fail_static_then_written_back_when_it_returns(
         return not state["ejected"] and state["canary_weight"] == 10
 
     await until(b_restored, within=1.0)
+
+
+async def test_an_instance_with_workers_follows_and_pools_through_its_supervisor(
+    tmp_path: Path, shared: RedisServer, backends: tuple[Backend, Backend]
+) -> None:
+    """Workers and instances together: the supervisor speaks to Redis for its workers."""
+    stable, canary = backends
+    path_a = write_config(tmp_path, "a", shared.url, stable, canary, workers=2)
+    path_b = write_config(tmp_path, "b", shared.url, stable, canary)
+    procs = [await asyncio.to_thread(ProxyProcess(p).start) for p in (path_a, path_b)]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    a, b = Instance(procs[0], session), Instance(procs[1], session)
+    try:
+        assert (await b.change("PUT", "/weight", {"canary": 100}))[0] == 200
+
+        async def a_workers_follow() -> bool:
+            canary.seen.clear()
+            await a.get(20)
+            return len(canary.seen) == 20
+
+        await until(a_workers_follow, within=2.0)
+        canary.fail_rate_every = 2  # half the canary's answers fail; stable is fine
+        assert (await b.change("PUT", "/weight", {"canary": 20}))[0] == 200
+        await asyncio.sleep(0.6)
+        for _ in range(40):
+            await asyncio.gather(a.get(50), b.get(50))
+            if (await b.state())["ejected"]:
+                break
+        assert (await b.state())["ejected"]
+        await asyncio.sleep(0.5)
+        seen = len(canary.seen)
+        assert await a.get(100) == [200] * 100
+        assert len(canary.seen) == seen  # a's workers stopped routing to it
+        assert [e["action"] for e in audit(shared)].count("eject:comparative") == 1
+    finally:
+        await session.close()
+        for proc in procs:
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 30) == 0

@@ -9,10 +9,10 @@ Rules this module keeps:
   worker binds the same port, also when the config said port 0.
 - A worker that exits is started again within a second (0.1 s, doubling to 1 s while it
   keeps dying young); its counts so far stay in ``/metrics`` (merge.WorkerSums).
-- Workers flush what they counted every 250 ms; the judge here replays it, and knobs and
-  health go down to every worker when they change (checked every 50 ms) and in full every
-  second. So an ejection reaches every worker within 250 + 50 ms of the outcome that
-  caused it, plus a message's way.
+- Workers flush what they counted every 250 ms; the judge here replays it at once, and an
+  ejection it decides goes down to every worker right then; other changes (an operator's,
+  a probe's) within 100 ms; everything in full every second. So an ejection reaches every
+  worker within 250 ms of the outcome that caused it, plus a message's way.
 - SIGHUP: the file is read and checked here once; a bad file changes nothing anywhere,
   a good one is applied here and its text sent to every worker. SIGTERM/SIGINT: every
   worker drains (``limits.drain_timeout``) and sends its last counts; then this stops.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import signal
 import socket
@@ -41,7 +40,7 @@ from canaryproxy.state.store import record_to_dict
 
 log = logging.getLogger("canaryproxy.supervisor")
 
-PUSH_CHECK = 0.05
+PUSH_CHECK = 0.1
 PUSH_FULL = 1.0
 RESTART_FIRST = 0.1
 RESTART_MAX = 1.0
@@ -77,7 +76,7 @@ class Supervisor:
         self.proxy: Proxy | None = None
         self.reserved: socket.socket | None = None
         self.port = 0
-        self._last_push = ""
+        self._last_push: dict[str, Any] = {}
         self._last_full = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -299,11 +298,10 @@ class Supervisor:
 
     def _push_if_changed(self) -> None:
         state = {"t": "state", **self._state()}
-        text = json.dumps(state, separators=(",", ":"))
         now = time.monotonic()
-        if text == self._last_push and now - self._last_full < PUSH_FULL:
+        if state == self._last_push and now - self._last_full < PUSH_FULL:
             return
-        self._last_push, self._last_full = text, now
+        self._last_push, self._last_full = state, now
         for handle in list(self.workers.values()):
             if handle.ready.is_set() and not handle.writer.is_closing():
                 self._spawn_task(self._send(handle, state))
