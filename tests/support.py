@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import redis
 from aiohttp import WSMsgType, web
+from prometheus_client.parser import text_string_to_metric_families
 
 from canaryproxy.app import Clocks, Proxy
 from canaryproxy.config.load import Config, parse_config
@@ -420,3 +423,92 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{LOCAL}:{self.port}/0"
+
+
+# Several processes: configs and a client for the workers and shared-state tests --------------
+PROCESS_TOKEN = "process-test-token"
+PROCESS_AUTH = {"Authorization": f"Bearer {PROCESS_TOKEN}"}
+
+
+def canary_config(
+    tmp: Path, name: str, stable: Backend, canary: Backend, weight: float, **top: Any
+) -> Path:
+    """A config file for one service ``web`` with a stable and a canary backend."""
+    config = {
+        "listen": f"{LOCAL}:0",
+        "admin": {"listen": f"{LOCAL}:0", "token": PROCESS_TOKEN},
+        "sticky": {"secrets": ["process-secret"]},
+        "access_log": "off",
+        "limits": {"drain_timeout": "3s"},
+        "services": {
+            "web": {
+                "stable": {"backends": [{"url": stable.url}]},
+                "canary": {"backends": [{"url": canary.url}]},
+                "canary_weight": weight,
+            }
+        },
+        **top,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+class ProxyClient:
+    """HTTP to a running ``canaryproxy`` process: its proxy port and its admin API."""
+
+    def __init__(self, proc: ProxyProcess, session: aiohttp.ClientSession) -> None:
+        self.proc = proc
+        self.session = session
+        self.base = f"http://{LOCAL}:{proc.proxy_port}"
+        self.admin = f"http://{LOCAL}:{proc.admin_port}"
+
+    async def state(self) -> dict[str, Any]:
+        url = f"{self.admin}/admin/services/web"
+        async with self.session.get(url, headers=PROCESS_AUTH) as resp:
+            assert resp.status == 200
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    async def change(self, verb: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        url = f"{self.admin}/admin/services/web{path}"
+        async with self.session.request(verb, url, json=body, headers=PROCESS_AUTH) as resp:
+            return resp.status, await resp.json()
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with self.session.get(f"{self.admin}/metrics") as resp:
+            text = await resp.text()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    async def get(self, n: int, connections: int = 16) -> list[int]:
+        """``n`` requests, ``connections`` at a time; the statuses."""
+        statuses: list[int] = []
+
+        async def one() -> None:
+            async with self.session.get(f"{self.base}/") as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+        for start in range(0, n, connections):
+            await asyncio.gather(*(one() for _ in range(min(connections, n - start))))
+        return statuses
+
+    async def stop(self) -> int:
+        """SIGTERM and the exit code (that of an earlier stop, if it already ended)."""
+        assert self.proc.proc is not None
+        if self.proc.proc.returncode is None:
+            self.proc.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, 30)
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float) -> float:
+    """Seconds until ``check()`` is true; fails past ``within``."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, "not within the time allowed"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started

@@ -7,23 +7,18 @@ import asyncio
 import json
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.support import LOCAL, Backend, ProxyProcess, RedisServer
+from tests.support import Backend, ProxyClient, ProxyProcess, RedisServer, canary_config, until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs redis-server (Debian redis-server)"
 )
-
-TOKEN = "shared-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -49,62 +44,16 @@ async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
     await canary.stop()
 
 
+class Instance(ProxyClient):
+    async def store_up(self) -> float:
+        return (await self.metrics())[("canaryproxy_state_store_up", ())]
+
+
 def write_config(
     tmp: Path, name: str, url: str, stable: Backend, canary: Backend, workers: int = 1
 ) -> Path:
-    config = {
-        "workers": workers,
-        "listen": f"{LOCAL}:0",
-        "admin": {"listen": f"{LOCAL}:0", "token": TOKEN},
-        "state": {"redis": url, "instance": name},
-        "sticky": {"secrets": ["shared-secret"]},
-        "access_log": "off",
-        "limits": {"drain_timeout": "2s"},
-        "services": {
-            "web": {
-                "stable": {"backends": [{"url": stable.url}]},
-                "canary": {"backends": [{"url": canary.url}]},
-                "canary_weight": 20,
-            }
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-class Instance:
-    def __init__(self, proc: ProxyProcess, session: aiohttp.ClientSession) -> None:
-        self.proc = proc
-        self.session = session
-        self.base = f"http://{LOCAL}:{proc.proxy_port}"
-        self.admin = f"http://{LOCAL}:{proc.admin_port}/admin/services/web"
-        self.metrics_url = f"http://{LOCAL}:{proc.admin_port}/metrics"
-
-    async def state(self) -> dict[str, Any]:
-        async with self.session.get(self.admin, headers=AUTH) as resp:
-            result: dict[str, Any] = await resp.json()
-            return result
-
-    async def change(self, verb: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        url = f"{self.admin}{path}"
-        async with self.session.request(verb, url, json=body, headers=AUTH) as resp:
-            return resp.status, await resp.json()
-
-    async def get(self, n: int) -> list[int]:
-        statuses = []
-        for _ in range(n):
-            async with self.session.get(f"{self.base}/") as resp:
-                await resp.read()
-                statuses.append(resp.status)
-        return statuses
-
-    async def store_up(self) -> float:
-        async with self.session.get(self.metrics_url) as resp:
-            for line in (await resp.text()).splitlines():
-                if line.startswith("canaryproxy_state_store_up "):
-                    return float(line.split()[1])
-        raise AssertionError("no canaryproxy_state_store_up")
+    state = {"redis": url, "instance": name}
+    return canary_config(tmp, name, stable, canary, 20, workers=workers, state=state)
 
 
 @pytest.fixture
@@ -125,15 +74,6 @@ async def pair(
         assert proc.proc is not None
         proc.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
-
-
-async def until(check: Any, within: float) -> float:
-    """Seconds until ``check()`` is true; fails past ``within``."""
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < within, "not within the time allowed"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 def audit(server: RedisServer) -> list[dict[str, Any]]:

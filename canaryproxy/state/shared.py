@@ -51,21 +51,33 @@ AUDIT_MAX = 10_000
 TALLY_MAX = 10_000
 TIMEOUT = 1.0
 
-# KEYS: services, audit. ARGV: name, expected rev, record JSON, audit JSON, channel.
-_COMMIT = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local rev = 0
-if cur then rev = cjson.decode(cur)['rev'] end
-if rev ~= tonumber(ARGV[2]) then return {0, cur or ''} end
-local entry = '{"rev":' .. (rev + 1) .. ',"record":' .. ARGV[3] .. '}'
+# Every script: KEYS services, audit; ARGV name, record JSON, audit JSON, channel, audit
+# cap, then its own argument. Each ends in _WRITE: the record with the next revision, its
+# audit row and the PUBLISH, all or nothing (a script runs atomically).
+_WRITE = """
+local entry = '{"rev":' .. (rev + 1) .. ',"record":' .. record .. '}'
 redis.call('HSET', KEYS[1], ARGV[1], entry)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'entry', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'entry', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {1, entry}
 """
 
-# ARGV: name, ejected record JSON, audit JSON, channel, its epoch, audit cap.
-_EJECT = """
+# An operator's change (or the file's weight): only over the revision last seen (ARGV[6]).
+_COMMIT = (
+    """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local rev = 0
+if cur then rev = cjson.decode(cur)['rev'] end
+if rev ~= tonumber(ARGV[6]) then return {0, cur or ''} end
+local record = ARGV[2]
+"""
+    + _WRITE
+)
+
+# An ejection: over any revision unless already ejected; its epoch (ARGV[6]) is bumped
+# past the stored one, so every instance's cookies end together.
+_EJECT = (
+    """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local rev = 0
 local record = ARGV[2]
@@ -73,29 +85,26 @@ if cur then
   local stored = cjson.decode(cur)
   rev = stored['rev']
   if stored['record']['ejected'] then return {0, cur} end
-  if stored['record']['epoch'] >= tonumber(ARGV[5]) then
+  if stored['record']['epoch'] >= tonumber(ARGV[6]) then
     local mine = cjson.decode(ARGV[2])
     mine['epoch'] = stored['record']['epoch'] + 1
     record = cjson.encode(mine)
   end
 end
-local entry = '{"rev":' .. (rev + 1) .. ',"record":' .. record .. '}'
-redis.call('HSET', KEYS[1], ARGV[1], entry)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'entry', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {1, entry}
 """
+    + _WRITE
+)
 
-# ARGV: name, record JSON, audit JSON, channel, audit cap. Written only where none is.
-_SEED = """
+# A record Redis lost (restarted empty): written only where there is none.
+_SEED = (
+    """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then return {0, cur} end
-local entry = '{"rev":1,"record":' .. ARGV[2] .. '}'
-redis.call('HSET', KEYS[1], ARGV[1], entry)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'entry', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {1, entry}
+local rev = 0
+local record = ARGV[2]
 """
+    + _WRITE
+)
 
 
 def tally_key(service: str) -> str:
@@ -128,7 +137,7 @@ class SharedState(RuntimeState):
 
     async def _save(self, state: ServiceState, new: ServiceRecord, audit: AuditEntry) -> None:
         name = state.name
-        args = [name, self.revs.get(name, 0), _json(new), _audit_json(audit), CHANGES, AUDIT_MAX]
+        args = _args(name, new, audit, self.revs.get(name, 0))
         written, entry = await self._run(self._commit_script, args)
         self._remember(name, entry)
         if not written:
@@ -177,9 +186,10 @@ class SharedState(RuntimeState):
     async def write_pending(self) -> None:
         """Write ejections made while Redis was away (or just now); keep what fails."""
         for name, (record, audit) in list(self.pending.items()):
-            args = [name, _json(record), _audit_json(audit), CHANGES, record.epoch, AUDIT_MAX]
             try:
-                _, entry = await self._run(self._eject_script, args)
+                _, entry = await self._run(
+                    self._eject_script, _args(name, record, audit, record.epoch)
+                )
             except StoreUnavailable:
                 return
             if self.pending.get(name) == (record, audit):
@@ -189,9 +199,8 @@ class SharedState(RuntimeState):
     async def seed(self, name: str, record: ServiceRecord) -> None:
         """Write back a record Redis lost (restarted empty); the first instance wins."""
         audit = self._audit("canaryproxy", name, "rewrite", "missing", _json(record))
-        args = [name, _json(record), _audit_json(audit), CHANGES, AUDIT_MAX]
         try:
-            _, entry = await self._run(self._seed_script, args)
+            _, entry = await self._run(self._seed_script, _args(name, record, audit, 0))
         except StoreUnavailable:
             return
         self._remember(name, entry)
@@ -257,6 +266,11 @@ class SharedState(RuntimeState):
                 extra={"error": str(error)},
             )
         self.on_up(up)
+
+
+def _args(name: str, record: ServiceRecord, audit: AuditEntry, extra: int) -> list[object]:
+    """ARGV of every script, in the order the scripts read them."""
+    return [name, _json(record), _audit_json(audit), CHANGES, AUDIT_MAX, extra]
 
 
 def _json(record: ServiceRecord) -> str:
