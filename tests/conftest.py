@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 import uvloop
 
-from tests.support import Backend
+from tests.support import Backend, RedisServer
 
 
 def pytest_asyncio_loop_factories(
@@ -29,3 +30,13 @@ async def pools() -> AsyncIterator[tuple[Backend, Backend]]:
     yield stable, canary
     await stable.stop()
     await canary.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the module (no persistence, ephemeral port)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (Debian redis-server)")
+    server = RedisServer().start()
+    yield server
+    server.stop()

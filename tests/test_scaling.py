@@ -8,8 +8,6 @@ import dataclasses
 import io
 import json
 import random
-import shutil
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -143,15 +141,6 @@ def test_a_pooled_service_counts_instead_of_judging() -> None:
     assert rows[0][4] == 500
     web.judge_tally(rows, epoch=web.knobs.epoch + 1)  # counted under another epoch
     assert not web.knobs.is_ejected
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs redis-server (Debian redis-server)")
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 async def test_two_instances_racing_one_change_one_wins(redis_server: RedisServer) -> None:

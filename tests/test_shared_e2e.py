@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,6 @@ import pytest
 
 from tests.support import Backend, ProxyClient, ProxyProcess, RedisServer, canary_config, until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="needs redis-server (Debian redis-server)"
-)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def shared(redis_server: RedisServer) -> RedisServer:
@@ -34,14 +22,6 @@ def shared(redis_server: RedisServer) -> RedisServer:
         redis_server.start()
     redis_server.client().flushall()
     return redis_server
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
-    stable, canary = await Backend("stable").start(), await Backend("canary").start()
-    yield stable, canary
-    await stable.stop()
-    await canary.stop()
 
 
 class Instance(ProxyClient):
@@ -58,9 +38,9 @@ def write_config(
 
 @pytest.fixture
 async def pair(
-    tmp_path: Path, shared: RedisServer, backends: tuple[Backend, Backend]
+    tmp_path: Path, shared: RedisServer, pools: tuple[Backend, Backend]
 ) -> AsyncIterator[tuple[Instance, Instance]]:
-    stable, canary = backends
+    stable, canary = pools
     procs = [
         await asyncio.to_thread(
             ProxyProcess(write_config(tmp_path, name, shared.url, stable, canary)).start
@@ -96,10 +76,10 @@ async def test_a_weight_set_on_one_instance_reaches_the_other_within_a_second(
 
 
 async def test_an_ejection_on_one_instance_stops_the_canary_on_the_other(
-    pair: tuple[Instance, Instance], backends: tuple[Backend, Backend], shared: RedisServer
+    pair: tuple[Instance, Instance], pools: tuple[Backend, Backend], shared: RedisServer
 ) -> None:
     a, b = pair
-    _, canary = backends
+    _, canary = pools
     status, _ = await b.change("POST", "/eject", {"reason": "bad build"})
     assert status == 200
 
@@ -116,10 +96,10 @@ async def test_an_ejection_on_one_instance_stops_the_canary_on_the_other(
 
 
 async def test_a_canary_failing_on_traffic_split_over_both_is_ejected_once(
-    pair: tuple[Instance, Instance], backends: tuple[Backend, Backend], shared: RedisServer
+    pair: tuple[Instance, Instance], pools: tuple[Backend, Backend], shared: RedisServer
 ) -> None:
     a, b = pair
-    _, canary = backends
+    _, canary = pools
     canary.fail_rate_every = 3
     for _ in range(40):
         await asyncio.gather(a.get(50), b.get(50))
@@ -137,10 +117,10 @@ async def test_a_canary_failing_on_traffic_split_over_both_is_ejected_once(
 
 
 async def test_redis_away_fail_static_then_written_back_when_it_returns(
-    pair: tuple[Instance, Instance], shared: RedisServer, backends: tuple[Backend, Backend]
+    pair: tuple[Instance, Instance], shared: RedisServer, pools: tuple[Backend, Backend]
 ) -> None:
     a, b = pair
-    _, canary = backends
+    _, canary = pools
     shared.stop()
     assert await a.get(20) == [200] * 20  # fail-static: still serving
     status, body = await a.change("PUT", "/weight", {"canary": 50})
@@ -178,10 +158,10 @@ async def test_redis_away_fail_static_then_written_back_when_it_returns(
 
 
 async def test_an_instance_with_workers_follows_and_pools_through_its_supervisor(
-    tmp_path: Path, shared: RedisServer, backends: tuple[Backend, Backend]
+    tmp_path: Path, shared: RedisServer, pools: tuple[Backend, Backend]
 ) -> None:
     """Workers and instances together: the supervisor speaks to Redis for its workers."""
-    stable, canary = backends
+    stable, canary = pools
     path_a = write_config(tmp_path, "a", shared.url, stable, canary, workers=2)
     path_b = write_config(tmp_path, "b", shared.url, stable, canary)
     procs = [await asyncio.to_thread(ProxyProcess(p).start) for p in (path_a, path_b)]

@@ -33,16 +33,8 @@ class Workers(ProxyClient):
 
 
 @pytest.fixture
-async def backends() -> AsyncIterator[tuple[Backend, Backend]]:
-    stable, canary = await Backend("stable").start(), await Backend("canary").start()
-    yield stable, canary
-    await stable.stop()
-    await canary.stop()
-
-
-@pytest.fixture
 async def start(
-    tmp_path: Path, backends: tuple[Backend, Backend]
+    tmp_path: Path, pools: tuple[Backend, Backend]
 ) -> AsyncIterator[Callable[[float], Awaitable[Workers]]]:
     """Start ``workers: 2`` at a canary weight; stopped (and checked to exit 0) after."""
     started: list[Workers] = []
@@ -50,7 +42,7 @@ async def start(
 
     async def run(weight: float) -> Workers:
         state = {"path": str(tmp_path / "state.db")}
-        path = canary_config(tmp_path, "proxy", *backends, weight, workers=2, state=state)
+        path = canary_config(tmp_path, "proxy", *pools, weight, workers=2, state=state)
         proc = await asyncio.to_thread(ProxyProcess(path).start)
         started.append(Workers(proc, session))
         return started[-1]
@@ -67,9 +59,9 @@ def cpu_ticks(pid: int) -> int:
 
 
 async def test_two_workers_count_every_request_exactly(
-    start: Callable[[float], Awaitable[Workers]], backends: tuple[Backend, Backend]
+    start: Callable[[float], Awaitable[Workers]], pools: tuple[Backend, Backend]
 ) -> None:
-    stable, _ = backends
+    stable, _ = pools
     proxy = await start(0)
     pids = proxy.pids()
     assert len(pids) == 2
@@ -84,9 +76,9 @@ async def test_two_workers_count_every_request_exactly(
 
 
 async def test_a_failing_canary_is_ejected_once_and_every_worker_follows(
-    start: Callable[[float], Awaitable[Workers]], backends: tuple[Backend, Backend]
+    start: Callable[[float], Awaitable[Workers]], pools: tuple[Backend, Backend]
 ) -> None:
-    _, canary = backends
+    _, canary = pools
     canary.fail_rate_every = 3  # a third of its answers are 500
     proxy = await start(20)
     for _ in range(40):
@@ -108,9 +100,9 @@ async def test_a_failing_canary_is_ejected_once_and_every_worker_follows(
 
 
 async def test_a_killed_worker_is_replaced_and_keeps_the_admin_state(
-    start: Callable[[float], Awaitable[Workers]], backends: tuple[Backend, Backend]
+    start: Callable[[float], Awaitable[Workers]], pools: tuple[Backend, Backend]
 ) -> None:
-    _, canary = backends
+    _, canary = pools
     proxy = await start(0)
     assert (await proxy.change("PUT", "/weight", {"canary": 100}))[0] == 200
     await proxy.get(200)
@@ -133,9 +125,9 @@ async def test_a_killed_worker_is_replaced_and_keeps_the_admin_state(
 
 
 async def test_sighup_reloads_every_worker_or_none(
-    start: Callable[[float], Awaitable[Workers]], backends: tuple[Backend, Backend]
+    start: Callable[[float], Awaitable[Workers]], pools: tuple[Backend, Backend]
 ) -> None:
-    stable, canary = backends
+    stable, canary = pools
     proxy = await start(0)
     path = proxy.proc.config_path
     good = path.read_text()
