@@ -102,7 +102,7 @@ class Proxy:
             wall=self.clocks.wall,
             monotonic=self.clocks.monotonic,
             rng=self.clocks.rng,
-            pooled=role == "worker" or self.keeper.is_shared,
+            pooled=role == "worker" or isinstance(self.keeper, SharedState),
         )
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))

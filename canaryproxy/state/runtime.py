@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from canaryproxy.state.store import AuditEntry, ServiceRecord, StateStore
 from canaryproxy.vocabulary import EjectRule, WeightSource
@@ -86,8 +87,6 @@ class ServiceState:
 
 
 class RuntimeState:
-    is_shared = False  # one process's state (a file); SharedState is every instance's
-
     def __init__(self, store: StateStore, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
@@ -200,9 +199,13 @@ class RuntimeState:
             self.store.save(name, record, audit)
         except Exception:
             log.exception("could not persist ejection; retrying", extra={"service": name})
-            task = asyncio.get_running_loop().create_task(self._persist(name, record, audit))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._in_background(self._persist(name, record, audit))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a commit off the caller's path; ``flush`` waits for it (shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _persist(self, name: str, record: ServiceRecord, audit: AuditEntry) -> None:
         async with self._lock:

@@ -21,7 +21,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -114,8 +113,6 @@ def tally_key(service: str) -> str:
 class SharedState(RuntimeState):
     """``RuntimeState`` whose records live in Redis; see the module's rules."""
 
-    is_shared = True
-
     def __init__(self, url: str, instance: str, clock: Callable[[], float]) -> None:
         super().__init__(MemoryStateStore(), clock)
         self.instance = instance
@@ -146,12 +143,7 @@ class SharedState(RuntimeState):
     def _save_ejection(self, name: str, record: ServiceRecord, audit: AuditEntry) -> None:
         """Applied already; written by ``write_pending`` now or when Redis is back."""
         self.pending[name] = (record, audit)
-        self.spawn(self.write_pending())
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._in_background(self.write_pending())
 
     def _audit(self, who: str, service: str, action: str, old: str, new: str) -> AuditEntry:
         return super()._audit(f"{who}@{self.instance}", service, action, old, new)
