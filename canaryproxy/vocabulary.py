@@ -22,6 +22,8 @@ from typing import Final, Literal, TypeVar
 __all__ = [
     "ATTEMPT_OUTCOMES",
     "EJECT_RULES",
+    "OUTCOME_KINDS",
+    "ROLLOUT_STATES",
     "FAILURE_KINDS",
     "POOLS",
     "UPSTREAM_ERROR_KINDS",
@@ -32,6 +34,8 @@ __all__ = [
     "EjectRule",
     "FailureKind",
     "JudgeRule",
+    "OutcomeKind",
+    "RolloutState",
     "Mode",
     "Pool",
     "Verdict",
@@ -51,10 +55,30 @@ VERDICTS: Final[tuple[Verdict, ...]] = (
     "ejected",
 )
 
-JudgeRule = Literal["comparative", "backstop"]
-"""The rules the judge fires by itself."""
-EjectRule = Literal["comparative", "backstop", "manual"]
-EJECT_RULES: Final[tuple[EjectRule, ...]] = ("comparative", "backstop", "manual")
+JudgeRule = Literal["comparative", "backstop", "latency"]
+"""The rules the judge fires by itself (latency: the comparative test on slow outcomes)."""
+EjectRule = Literal["comparative", "backstop", "latency", "manual", "rollout"]
+"""Also an operator's (manual) and a rollout plan's abort (rollout)."""
+EJECT_RULES: Final[tuple[EjectRule, ...]] = (
+    "comparative",
+    "backstop",
+    "latency",
+    "manual",
+    "rollout",
+)
+
+OutcomeKind = Literal["failure_header", "failure_status", "slow"]
+"""What ``outcomes`` counted beyond 5xx: the backend's header, a listed status, slow."""
+OUTCOME_KINDS: Final[tuple[OutcomeKind, ...]] = ("failure_header", "failure_status", "slow")
+
+RolloutState = Literal["idle", "progressing", "paused", "completed", "aborted"]
+ROLLOUT_STATES: Final[tuple[RolloutState, ...]] = (
+    "idle",
+    "progressing",
+    "paused",
+    "completed",
+    "aborted",
+)
 
 FailureKind = Literal["connect", "timeout", "reset", "protocol", "unavailable"]
 FAILURE_KINDS: Final[tuple[FailureKind, ...]] = (

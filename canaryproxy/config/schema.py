@@ -396,6 +396,52 @@ class ErrorBudgetConfig(_Frozen):
     max_p99_latency: PositiveDuration | None = None
 
 
+def parse_steps(value: object) -> tuple[float, ...]:
+    """Canary weights of a rollout's steps: increasing, each 0-100 (exclusive of 0)."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"must be a non-empty list of weights, got {show(value)}")
+    steps = tuple(parse_canary_weight(v) for v in value)
+    if steps[0] <= 0:
+        raise ValueError("the first step must be above 0")
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError(f"must increase step by step, got {list(steps)}")
+    return steps
+
+
+def parse_status_list(value: object) -> tuple[int, ...]:
+    """Status codes 100-599 counted as failures besides 5xx."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of status codes, got {show(value)}")
+    codes = [whole(100, 599)(v) for v in value]
+    return tuple(sorted(set(codes)))
+
+
+def parse_ratio(value: object) -> float:
+    """A ratio above 1 (the canary may be this many times worse than stable)."""
+    number = fraction(1000, include_high=True)(value)
+    if not number > 1:
+        raise ValueError(f"must be greater than 1, got {show(value)}")
+    return number
+
+
+class OutcomesConfig(_Frozen):
+    # A response header by which the backend marks a failed answer ("failure"); it is
+    # removed before the client sees the response.
+    header: HeaderName | None = None
+    failure_statuses: Annotated[tuple[int, ...], PlainValidator(parse_status_list)] = ()
+    # A response whose head arrives later than this is a slow outcome, judged against
+    # stable like errors (rule latency).
+    slow: PositiveDuration | None = None
+
+
+class RolloutConfig(_Frozen):
+    steps: Annotated[tuple[float, ...], PlainValidator(parse_steps)] = (5.0, 10.0, 25.0, 50.0, 100.0)
+    min_step_duration: Duration = 300.0
+    min_step_requests: Annotated[int, PlainValidator(whole(0))] = 500
+    max_ratio: Annotated[float, PlainValidator(parse_ratio)] = 1.5
+    auto_start: bool = Field(default=False, strict=True)
+
+
 class ServiceConfig(_Frozen):
     keys_not_in_file: ClassVar[frozenset[str]] = frozenset({"name"})
 
@@ -410,6 +456,8 @@ class ServiceConfig(_Frozen):
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierConfig = OutlierConfig()
     error_budget: ErrorBudgetConfig = ErrorBudgetConfig()
+    outcomes: OutcomesConfig = OutcomesConfig()
+    rollout: RolloutConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -422,6 +470,8 @@ class ServiceConfig(_Frozen):
     def _weight_needs_canary(self) -> Self:
         if self.canary_weight > 0 and self.canary is None:
             raise Problems([(("canary_weight",), "set but the service has no canary pool")])
+        if self.rollout is not None and self.canary is None:
+            raise Problems([(("rollout",), "set but the service has no canary pool")])
         return self
 
 

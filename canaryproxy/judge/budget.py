@@ -92,19 +92,18 @@ from canaryproxy.judge.window import (
     rounded,
     two_distinct,
 )
+from canaryproxy.judge.sequential import (
+    HEALTHY_THRESHOLD,
+    LOG_RATIOS,
+    LOG_WEIGHTS,
+    RATIOS,
+    MixtureTest,
+)
 from canaryproxy.vocabulary import EjectRule, JudgeRule, Pool, Verdict
 
 __all__ = ["BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
 
 
-RATIOS = (2, 4, 8, 16, 32, 64)
-"""Alternatives of the comparative test: the canary's error rate is R x stable's."""
-WEIGHTS = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)
-LOG_RATIOS = tuple(math.log(r) for r in RATIOS)
-LOG_WEIGHTS = tuple(math.log(w) for w in WEIGHTS)
-RATIOS_LESS_ONE = tuple(r - 1 for r in RATIOS)
-HEALTHY_ALPHA = 0.05
-HEALTHY_THRESHOLD = math.log(1 / HEALTHY_ALPHA)
 SLOW_SHARE_PERCENT = 1  # "p99 > limit" is "more than 1 % slower than limit"
 
 
@@ -187,27 +186,30 @@ class Judge:
         self._bucket_end = (self._bucket + 1) * self._width
         self._flagged = [False] * WINDOW_SLOTS  # buckets in which stable itself was degraded
         self._excluded = [0, 0, 0]  # canary requests, errors, slow in flagged buckets
-        self._llr = [0.0] * len(RATIOS)
-        self._log_odds = 0.0  # ln(½ + 5·⅒)
-        self._eta = 0.0
-        self._share = math.nan  # w at the last error that updated the test
+        self._errors = MixtureTest(self._floor)
+        self._late = MixtureTest(self._floor)  # the same test on slow outcomes
+        self._step: StepEvidence | None = None
         self._ejection: tuple[EjectRule, str] | None = None
 
     # -- recording ---------------------------------------------------------
 
-    def record(self, pool: Pool, is_error: bool, latency: float, now: float) -> Ejection | None:
+    def record(
+        self, pool: Pool, is_error: bool, latency: float, now: float, is_late: bool = False
+    ) -> Ejection | None:
         """Count one response; return the Ejection if it tips the canary over.
 
-        ``latency`` is in seconds. A ``now`` that runs backwards counts in the
+        ``latency`` is in seconds; ``is_late`` says it was a slow outcome (its head came
+        later than ``outcomes.slow``). A ``now`` that runs backwards counts in the
         current bucket; one that jumps ahead empties what left the window."""
         if now >= self._bucket_end:
             self._advance(now)
         slow = latency > self._slow_limit
-        self._add(pool == "canary", 1, int(is_error), slow, latency_bin(latency))
+        canary = pool == "canary"
+        self._add(canary, 1, int(is_error), slow, latency_bin(latency), int(is_late))
         if self._ejection is not None:
             return None
-        if is_error:
-            self._update_tests(pool == "canary")
+        if is_error or is_late:
+            self._update_tests(canary, is_error, is_late)
         return self._judge()
 
     def record_tally(self, rows: Sequence[Sequence[int]], now: float) -> Ejection | None:
@@ -215,42 +217,70 @@ class Judge:
         Ejection if they tip the canary over.
 
         The order of the outcomes inside one flush is not known; it is replayed as:
-        every success first (so ``w`` at each error includes the whole flush), then the
-        errors one at a time, canary and stable interleaved evenly. A flush covers at most
-        a few hundred milliseconds, over which ``w`` barely moves.
+        every plain success first (so ``w`` at each event includes the whole flush), then
+        the events (errors, slow outcomes) one at a time, canary and stable interleaved
+        evenly. A flush covers at most a few hundred milliseconds, over which ``w`` barely
+        moves.
         """
         if now >= self._bucket_end:
             self._advance(now)
-        errors: list[tuple[float, bool, bool, int]] = []
-        n_errors = [0, 0]
-        for canary, error, slow, lat_bin, count in rows:
-            if error:
-                n_errors[canary] += count
+        n_events = [0, 0]
+        for canary, error, slow, late, lat_bin, count in rows:
+            if error or late:
+                n_events[canary] += count
             else:
-                self._add(canary == 1, count, 0, slow == 1, lat_bin)
+                self._add(canary == 1, count, 0, slow == 1, lat_bin, 0)
+        events: list[tuple[float, int, int, int, int]] = []
         seen = [0, 0]
-        for canary, error, slow, lat_bin, count in rows:
-            if error:
+        for canary, error, slow, late, lat_bin, count in rows:
+            if error or late:
                 for _ in range(count):
-                    # (position in its pool's errors, as a share): merges the two evenly
-                    position = (seen[canary] + 0.5) / n_errors[canary]
-                    errors.append((position, canary == 1, slow == 1, lat_bin))
+                    # (position in its pool's events, as a share): merges the two evenly
+                    position = (seen[canary] + 0.5) / n_events[canary]
+                    events.append((position, canary, error, slow, late * 512 + lat_bin))
                     seen[canary] += 1
-        errors.sort(key=lambda e: e[0])
+        events.sort(key=lambda e: e[0])
         ejection: Ejection | None = None
-        for _, is_canary, is_slow, error_bin in errors:
-            self._add(is_canary, 1, 1, is_slow, error_bin)
+        for _, in_canary, is_error, is_slow, late_bin in events:
+            is_canary, is_late = in_canary == 1, late_bin >= 512
+            self._add(is_canary, 1, is_error, is_slow == 1, late_bin & 511, int(is_late))
             if self._ejection is None:
-                self._update_tests(is_canary)
+                self._update_tests(is_canary, is_error == 1, is_late)
                 ejection = self._judge()
         if self._ejection is None:
             ejection = self._judge()
         return ejection
 
-    def _add(self, canary: bool, count: int, errors: int, slow: bool, lat_bin: int) -> None:
+    # -- a rollout's step --------------------------------------------------
+
+    def begin_step(self, max_ratio: float, now: float) -> None:
+        """A rollout step starts: its gates (errors, slow) and counts start from nothing."""
+        self._step = StepEvidence(max_ratio, now)
+
+    def end_step(self) -> None:
+        self._step = None
+
+    @property
+    def step(self) -> StepEvidence | None:
+        return self._step
+
+    def gate(self, now: float) -> dict[str, object] | None:
+        """The current step's gate: passed, or what it waits for (None: no step)."""
+        step = self._step
+        if step is None:
+            return None
+        w = self._window_share()
+        return step.describe(self._threshold, w, self.params.judge_latency, now)
+
+    def _add(
+        self, canary: bool, count: int, errors: int, slow: bool, lat_bin: int, late: int
+    ) -> None:
         slot = self._slot
+        step = self._step
+        if step is not None:
+            step.count(canary, count, errors, late)
         if canary:
-            self._canary.add(slot, count, errors, slow, lat_bin)
+            self._canary.add(slot, count, errors, slow, lat_bin, late)
             if self._flagged[slot]:
                 excluded = self._excluded
                 excluded[0] += count
@@ -258,7 +288,7 @@ class Judge:
                 excluded[2] += count if slow else 0
             return
         stable = self._stable
-        stable.add(slot, count, errors, slow, lat_bin)
+        stable.add(slot, count, errors, slow, lat_bin, late)
         if self._flagged[slot] != self._is_degraded(stable.errors[slot], stable.requests[slot]):
             self._flip_flag(slot)
 
@@ -305,7 +335,7 @@ class Judge:
             return "ejected"
         if self._is_stable_degraded():
             return "shared_degradation"
-        if self._eta >= HEALTHY_THRESHOLD:
+        if self._errors.eta >= HEALTHY_THRESHOLD:
             return "healthy"
         return "insufficient_samples"
 
@@ -334,14 +364,14 @@ class Judge:
             "canary_share_of_requests_window": rounded(self._window_share()),
             "canary_share_of_errors": ratio(canary.since_errors, errors),
             "error_rate_ratio": rate_ratio(canary, stable),
-            "log_odds": round(self._log_odds, 4),
+            "log_odds": round(self._errors.log_odds, 4),
             "threshold": round(self._threshold, 4),
-            "odds": format_odds(self._log_odds),
+            "odds": format_odds(self._errors.log_odds),
             "threshold_odds": format_odds(self._threshold),
             "log_likelihood_ratios": {
-                str(r): round(v, 4) for r, v in zip(RATIOS, self._llr, strict=True)
+                str(r): round(v, 4) for r, v in zip(RATIOS, self._errors.llr, strict=True)
             },
-            "healthy_log_odds": round(self._eta, 4),
+            "healthy_log_odds": round(self._errors.eta, 4),
             "healthy_threshold": round(HEALTHY_THRESHOLD, 4),
             "stable_guard_active": self._is_stable_degraded(),
             "canary_requests_needed": (
@@ -353,10 +383,10 @@ class Judge:
 
     def __repr__(self) -> str:
         state = (
-            "ejected" if self._ejection else f"log_odds={self._log_odds:.2f}/{self._threshold:.2f}"
+            "ejected" if self._ejection else f"log_odds={self._errors.log_odds:.2f}/{self._threshold:.2f}"
         )
         return (
-            f"<Judge {state} eta={self._eta:.2f} stable={self._stable.n_errors}/{self._stable.n}"
+            f"<Judge {state} eta={self._errors.eta:.2f} stable={self._stable.n_errors}/{self._stable.n}"
             f" canary={self._canary.n_errors}/{self._canary.n}>"
         )
 
@@ -368,7 +398,7 @@ class Judge:
         n = stable.n if stable.n > self._min_requests else self._min_requests
         if stable.n_errors > self._guard * n:
             return None
-        if self._log_odds >= self._threshold:
+        if self._errors.log_odds >= self._threshold:
             return self._eject("comparative", self._comparative_reason())
         return self._check_backstop()
 
@@ -378,22 +408,17 @@ class Judge:
             return None
         return n_canary / (n_canary + n_stable)
 
-    def _update_tests(self, from_canary: bool) -> None:
+    def _update_tests(self, from_canary: bool, is_error: bool, is_late: bool) -> None:
         w = self._window_share()
         if w is None:
-            return  # w is 0 or 1: an error cannot tell the hypotheses apart
-        self._share = w
-        llr, floor, log1p = self._llr, self._floor, math.log1p
-        first_step = 0.0
-        for i, log_ratio in enumerate(LOG_RATIOS):
-            step = (log_ratio if from_canary else 0.0) - log1p(RATIOS_LESS_ONE[i] * w)
-            llr[i] = max(llr[i] + step, floor)
-            if i == 0:
-                first_step = step
-        # healthy's test is R=2 the other way round, unfloored (see the module docstring)
-        eta = self._eta - first_step
-        self._eta = min(max(eta, -2 * HEALTHY_THRESHOLD), 2 * HEALTHY_THRESHOLD)
-        self._log_odds = _log_mixture(llr)
+            return  # w is 0 or 1: an event cannot tell the hypotheses apart
+        if is_error:
+            self._errors.update(from_canary, w)
+        if is_late:
+            self._late.update(from_canary, w)
+        step = self._step
+        if step is not None:
+            step.event(from_canary, w, is_error, is_late)
 
     def _is_degraded(self, errors: int, requests: int) -> bool:
         """The guard's test, for the window or for one bucket of stable's."""
@@ -429,8 +454,8 @@ class Judge:
         return (
             f"canary errors {self._canary.since_errors} of "
             f"{self._canary.since_errors + self._stable.since_errors} while serving "
-            f"{format_percent(self._share)} % of requests: "
-            f"{format_odds(self._log_odds)} against no-worse-than-stable"
+            f"{format_percent(self._errors.share)} % of requests: "
+            f"{format_odds(self._errors.log_odds)} against no-worse-than-stable"
         )
 
     def _eject(self, rule: JudgeRule, reason: str) -> Ejection:
@@ -445,12 +470,12 @@ class Judge:
         errors = c.since_errors + s.since_errors
         q = (c.since_errors + w) / (errors + 1)
         per_request = (errors + 1) / (c.since_requests + s.since_requests + 1)
-        components = zip(RATIOS, LOG_RATIOS, LOG_WEIGHTS, self._llr, strict=True)
+        components = zip(RATIOS, LOG_RATIOS, LOG_WEIGHTS, self._errors.llr, strict=True)
         distances = [
             (self._threshold - lw - v, q * lr - math.log1p((r - 1) * w))
             for r, lr, lw, v in components
         ]
-        distances.append((HEALTHY_THRESHOLD - self._eta, math.log1p(w) - q * math.log(2)))
+        distances.append((HEALTHY_THRESHOLD - self._errors.eta, math.log1p(w) - q * math.log(2)))
         needed = [max(gap, 0.0) / drift for gap, drift in distances if drift > 0]
         if not needed:
             return None
@@ -472,14 +497,6 @@ class Judge:
         self._bucket_end = (self._bucket + 1) * self._width
         if self._bucket_end <= now:  # float rounding at a bucket edge
             self._bucket_end = math.nextafter(now, math.inf)
-
-
-def _log_mixture(llr: list[float]) -> float:
-    """``ln Σ weight_R · e^llr_R``, shifted only when plain ``exp`` would over/underflow."""
-    top = max(llr)
-    if -600 < top < 600:
-        return math.log(sum(w * math.exp(v) for w, v in zip(WEIGHTS, llr, strict=True)))
-    return top + math.log(sum(w * math.exp(v - top) for w, v in zip(WEIGHTS, llr, strict=True)))
 
 
 def _rules(p: BudgetParams) -> dict[str, object]:
