@@ -29,13 +29,13 @@ def record_successes(
     done = 0
     if judge._ejection is None:
         for cut in tipping_points(judge, canary, count, slow):
-            judge._add(canary, cut - done, 0, slow, lat_bin)
+            judge._add(canary, cut - done, 0, slow, lat_bin, 0)
             done = cut
             ejection = judge._judge()
             if ejection is not None:
-                judge._add(canary, count - done, 0, slow, lat_bin)
+                judge._add(canary, count - done, 0, slow, lat_bin, 0)
                 return ejection
-    judge._add(canary, count - done, 0, slow, lat_bin)
+    judge._add(canary, count - done, 0, slow, lat_bin, 0)
     return None
 
 
@@ -52,7 +52,7 @@ def tipping_points(judge: Judge, canary: bool, count: int, slow: bool) -> list[i
     """
     stable, slot = judge._stable, judge._slot
     guarded = judge._is_stable_degraded()
-    pending = judge._log_odds >= judge._threshold
+    pending = judge._errors.log_odds >= judge._threshold
     n, errors, n_slow = judge._backstop_counts()
     fires = judge._backstop_fires
     if not canary:

@@ -11,6 +11,7 @@ Rules this module keeps (the README's "Configuration"):
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
 from collections.abc import Callable
@@ -403,7 +404,7 @@ def parse_steps(value: object) -> tuple[float, ...]:
     steps = tuple(parse_canary_weight(v) for v in value)
     if steps[0] <= 0:
         raise ValueError("the first step must be above 0")
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(steps)):
         raise ValueError(f"must increase step by step, got {list(steps)}")
     return steps
 
@@ -435,7 +436,13 @@ class OutcomesConfig(_Frozen):
 
 
 class RolloutConfig(_Frozen):
-    steps: Annotated[tuple[float, ...], PlainValidator(parse_steps)] = (5.0, 10.0, 25.0, 50.0, 100.0)
+    steps: Annotated[tuple[float, ...], PlainValidator(parse_steps)] = (
+        5.0,
+        10.0,
+        25.0,
+        50.0,
+        100.0,
+    )
     min_step_duration: Duration = 300.0
     min_step_requests: Annotated[int, PlainValidator(whole(0))] = 500
     max_ratio: Annotated[float, PlainValidator(parse_ratio)] = 1.5

@@ -80,6 +80,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from canaryproxy.judge.sequential import (
+    HEALTHY_THRESHOLD,
+    LOG_RATIOS,
+    LOG_WEIGHTS,
+    RATIOS,
+    MixtureTest,
+    StepEvidence,
+)
 from canaryproxy.judge.window import (
     WINDOW_SLOTS,
     PoolWindow,
@@ -92,16 +100,9 @@ from canaryproxy.judge.window import (
     rounded,
     two_distinct,
 )
-from canaryproxy.judge.sequential import (
-    HEALTHY_THRESHOLD,
-    LOG_RATIOS,
-    LOG_WEIGHTS,
-    RATIOS,
-    MixtureTest,
-)
 from canaryproxy.vocabulary import EjectRule, JudgeRule, Pool, Verdict
 
-__all__ = ["BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
+__all__ = ["HEALTHY_THRESHOLD", "BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
 
 
 SLOW_SHARE_PERCENT = 1  # "p99 > limit" is "more than 1 % slower than limit"
@@ -132,6 +133,7 @@ class BudgetParams:
     min_requests: int = 100
     max_error_rate: float = 0.10
     max_p99_latency: float | None = None
+    judge_latency: bool = False  # outcomes.slow set: slow outcomes get their own test
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -333,7 +335,7 @@ class Judge:
     def _verdict(self) -> Verdict:
         if self._ejection is not None:
             return "ejected"
-        if self._is_stable_degraded():
+        if self._is_stable_degraded() or self._is_stable_late():
             return "shared_degradation"
         if self._errors.eta >= HEALTHY_THRESHOLD:
             return "healthy"
@@ -383,11 +385,13 @@ class Judge:
 
     def __repr__(self) -> str:
         state = (
-            "ejected" if self._ejection else f"log_odds={self._errors.log_odds:.2f}/{self._threshold:.2f}"
+            "ejected"
+            if self._ejection
+            else f"log_odds={self._errors.log_odds:.2f}/{self._threshold:.2f}"
         )
         return (
-            f"<Judge {state} eta={self._errors.eta:.2f} stable={self._stable.n_errors}/{self._stable.n}"
-            f" canary={self._canary.n_errors}/{self._canary.n}>"
+            f"<Judge {state} eta={self._errors.eta:.2f}"
+            f" stable={self._stable.n_errors}/{self._stable.n} canary={self._canary.n_errors}/{self._canary.n}>"
         )
 
     # -- the rules -----------------------------------------------------------
@@ -400,7 +404,17 @@ class Judge:
             return None
         if self._errors.log_odds >= self._threshold:
             return self._eject("comparative", self._comparative_reason())
+        if self._late.log_odds >= self._threshold and not stable.n_late > self._guard * n:
+            return self._eject("latency", self._latency_reason())
         return self._check_backstop()
+
+    def _latency_reason(self) -> str:
+        c, s = self._canary.n_late, self._stable.n_late
+        return (
+            f"canary slow responses {c} of {c + s} while serving "
+            f"{format_percent(self._late.share)} % of requests: "
+            f"{format_odds(self._late.log_odds)} against no-slower-than-stable"
+        )
 
     def _window_share(self) -> float | None:
         n_canary, n_stable = self._canary.n, self._stable.n
@@ -423,6 +437,10 @@ class Judge:
     def _is_degraded(self, errors: int, requests: int) -> bool:
         """The guard's test, for the window or for one bucket of stable's."""
         return errors > self._guard * max(requests, self._min_requests)
+
+    def _is_stable_late(self) -> bool:
+        """Stable itself slow (a shared slowdown): the guard's test on slow outcomes."""
+        return self.params.judge_latency and self._is_degraded(self._stable.n_late, self._stable.n)
 
     def _is_stable_degraded(self) -> bool:
         return self._is_degraded(self._stable.n_errors, self._stable.n)

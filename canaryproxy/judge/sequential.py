@@ -122,3 +122,65 @@ class Gate:
             n = max(gap, 0.0) / drift
             best = n if best is None else min(best, n)
         return None if best is None else math.ceil(best)
+
+
+class StepEvidence:
+    """One rollout step's counts and gates (errors; slow outcomes with ``outcomes.slow``)."""
+
+    __slots__ = ("counts", "errors", "late", "max_ratio", "started")
+
+    def __init__(self, max_ratio: float, started: float) -> None:
+        self.max_ratio = max_ratio
+        self.started = started
+        # [canary requests, stable requests, canary errors, stable errors, canary slow, stable slow]
+        self.counts = [0, 0, 0, 0, 0, 0]
+        self.errors = Gate(max_ratio)
+        self.late = Gate(max_ratio)
+
+    def count(self, canary: bool, count: int, errors: int, late: int) -> None:
+        c = self.counts
+        pool = 0 if canary else 1
+        c[pool] += count
+        c[2 + pool] += errors
+        c[4 + pool] += count if late else 0
+
+    def event(self, from_canary: bool, w: float, is_error: bool, is_late: bool) -> None:
+        if is_error:
+            self.errors.update(from_canary, w)
+        if is_late:
+            self.late.update(from_canary, w)
+
+    def describe(
+        self, threshold: float, w: float | None, judge_latency: bool, now: float
+    ) -> dict[str, object]:
+        """Whether each gate holds, and what it waits for. With both gates, each is held
+        to ``threshold + ln 2`` (their alpha halved), so together they hold at 1 - alpha."""
+        bound = threshold + (math.log(2) if judge_latency else 0.0)
+        c = self.counts
+        gates = {"errors": self._gate(self.errors, c[2], c[3], bound, w)}
+        if judge_latency:
+            gates["slow"] = self._gate(self.late, c[4], c[5], bound, w)
+        return {
+            "max_ratio": self.max_ratio,
+            "seconds": round(now - self.started, 3),
+            "canary_requests": c[0],
+            "stable_requests": c[1],
+            "gates": gates,
+            "shown": all(g["shown"] for g in gates.values()),
+        }
+
+    @staticmethod
+    def _gate(
+        gate: Gate, canary: int, stable: int, bound: float, w: float | None
+    ) -> dict[str, object]:
+        quiet = canary == 0 and stable == 0  # neither pool failed: time and requests suffice
+        shown = quiet or gate.log_odds >= bound
+        needed = None if shown or w is None else gate.events_needed(bound, w)
+        return {
+            "canary_events": canary,
+            "stable_events": stable,
+            "log_odds": round(gate.log_odds, 4),
+            "threshold": round(bound, 4),
+            "shown": shown,
+            "events_needed": needed,
+        }

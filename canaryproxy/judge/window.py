@@ -32,18 +32,25 @@ def _bin_value_ms(index: int) -> float:
 class PoolWindow:
     """One pool's outcomes: per-bucket counts with running window totals."""
 
-    __slots__ = ("errors", "hist", "n", "n_errors", "n_slow", "requests", "since_errors",
-                 "since_requests", "slow")  # fmt: skip
+    __slots__ = ("errors", "hist", "late", "n", "n_errors", "n_late", "n_slow", "requests",
+                 "since_errors", "since_requests", "slow")  # fmt: skip
 
     def __init__(self) -> None:
         self.requests = [0] * WINDOW_SLOTS
         self.errors = [0] * WINDOW_SLOTS
         self.slow = [0] * WINDOW_SLOTS
+        self.late = [0] * WINDOW_SLOTS  # slow outcomes (outcomes.slow)
+        self.n_late = 0
         self.hist = [[0] * _LAT_BINS for _ in range(WINDOW_SLOTS)]
         self.n = self.n_errors = self.n_slow = 0  # window totals
         self.since_requests = self.since_errors = 0  # since reset
 
-    def add(self, slot: int, count: int, errors: int, slow: bool, lat_bin: int) -> None:
+    def add(
+        self, slot: int, count: int, errors: int, slow: bool, lat_bin: int, late: int = 0
+    ) -> None:
+        if late:
+            self.late[slot] += count
+            self.n_late += count
         self.requests[slot] += count
         self.errors[slot] += errors
         self.hist[slot][lat_bin] += count
@@ -59,7 +66,8 @@ class PoolWindow:
         self.n -= self.requests[slot]
         self.n_errors -= self.errors[slot]
         self.n_slow -= self.slow[slot]
-        self.requests[slot] = self.errors[slot] = self.slow[slot] = 0
+        self.n_late -= self.late[slot]
+        self.requests[slot] = self.errors[slot] = self.slow[slot] = self.late[slot] = 0
         self.hist[slot] = [0] * _LAT_BINS
 
     def percentile_ms(self, q: float) -> float | None:
