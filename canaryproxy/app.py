@@ -124,7 +124,7 @@ class Proxy:
         self.server = ProxyServer(self.ctx)
         self.tls = tls_context(config.tls) if config.tls is not None else None
         self.controller = Controller(self.services)
-        self.loops = Loops(self.tick, self.clocks.rng)
+        self.loops = Loops(self.tick, self.clocks.rng, lambda: self.services.advance_rollouts())
         self.sharing: Sharing | None = None
         if isinstance(self.keeper, SharedState) and role != "worker":
             self.sharing = Sharing(self.keeper, lambda: self.services)

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from canaryproxy.admin.api import MAX_BODY_BYTES, Conflict, build_admin_app
 from canaryproxy.admin.openapi import openapi_document
@@ -39,6 +40,7 @@ class FakeService:
     ejected: bool = False
     reason: str | None = None
     before: float | None = None
+    plan: str = "idle"
 
 
 @dataclass
@@ -104,6 +106,27 @@ class FakeController:
         s.ejected, s.reason = False, None
         s.weight = weight if weight is not None else (s.before or 0.0)
         return self.service_state(name)
+
+    def rollout_state(self, name: str) -> dict[str, object]:
+        return {
+            "service": name,
+            "state": self.services[name].plan,
+            "steps": [5, 50],
+            "step": -1 if self.services[name].plan == "idle" else 0,
+            "waiting_for": [],
+        }
+
+    async def rollout(
+        self, name: str, action: str, steps: tuple[float, ...] | None, reason: str | None, who: str
+    ) -> dict[str, object]:
+        self._record("rollout", name, action, steps, reason, who)
+        s = self.services[name]
+        if action == "start" and s.plan != "idle":
+            raise Conflict("a rollout is already progressing; abort it first")
+        s.plan = {"start": "progressing", "pause": "paused", "resume": "progressing"}.get(
+            action, "completed" if action == "promote" else "aborted"
+        )
+        return self.rollout_state(name)
 
     def _record(self, *call: object) -> None:
         self.calls.append(call)
@@ -583,7 +606,10 @@ SCHEMA_SETTINGS = settings(
 def test_the_api_matches_its_openapi_document_with_the_token(
     case: schemathesis.Case[Any], live_admin: LiveAdmin
 ) -> None:
-    case.call_and_validate(base_url=live_admin.base_url, headers=RIGHT)
+    # JSON Schema cannot say "increasing": a schema-valid plan such as [50, 10] is a 400.
+    lenient = case.path.endswith("/rollout/start")
+    excluded: list[Any] = [positive_data_acceptance] if lenient else []
+    case.call_and_validate(base_url=live_admin.base_url, headers=RIGHT, excluded_checks=excluded)
 
 
 @SCHEMA.parametrize()

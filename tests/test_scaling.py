@@ -138,7 +138,7 @@ def test_a_pooled_service_counts_instead_of_judging() -> None:
     assert not web.knobs.is_ejected  # nothing judged on the request path
     rows = web.tally.drain()
     assert rows[0][:2] == [1, 1]
-    assert rows[0][4] == 500
+    assert rows[0][5] == 500
     web.judge_tally(rows, epoch=web.knobs.epoch + 1)  # counted under another epoch
     assert not web.knobs.is_ejected
 

@@ -329,7 +329,7 @@ def test_an_unknown_weight_source_in_a_row_is_a_state_error(tmp_path: Path) -> N
     SqliteStateStore(path).close()
     conn = sqlite3.connect(path)
     conn.execute(
-        "INSERT INTO services VALUES ('web', 5.0, 0, NULL, NULL, NULL, NULL, 0, 'magic', 5.0)"
+        "INSERT INTO services VALUES ('web', 5.0, 0, NULL, NULL, NULL, NULL, 0, 'magic', 5.0, NULL)"
     )
     conn.commit()
     conn.close()

@@ -19,7 +19,7 @@ def test_rows_group_outcomes_that_agree() -> None:
     tally.add("canary", False, 0.9)  # slow
     rows = sorted(tally.drain())
     b = latency_bin(0.010)
-    assert rows == [[0, 0, 0, b, 3], [1, 0, 1, latency_bin(0.9), 1], [1, 1, 0, b, 1]]
+    assert rows == [[0, 0, 0, 0, b, 3], [1, 0, 1, 0, latency_bin(0.9), 1], [1, 1, 0, 0, b, 1]]
     assert not tally
     assert tally.drain() == []
 
@@ -31,7 +31,7 @@ def test_merge_adds_rows_from_elsewhere() -> None:
     b.add("stable", False, 0.2)
     a.merge(b.drain())
     assert sorted(a.drain()) == sorted(
-        [[1, 1, 0, latency_bin(0.2), 2], [0, 0, 0, latency_bin(0.2), 1]]
+        [[1, 1, 0, 0, latency_bin(0.2), 2], [0, 0, 0, 0, latency_bin(0.2), 1]]
     )
 
 

@@ -7,7 +7,9 @@ import pytest
 from canaryproxy.vocabulary import (
     EJECT_RULES,
     FAILURE_KINDS,
+    OUTCOME_KINDS,
     POOLS,
+    ROLLOUT_STATES,
     UPSTREAM_ERROR_KINDS,
     VERDICTS,
     hostport,
@@ -39,5 +41,7 @@ def test_require_returns_the_word_and_names_the_allowed_ones() -> None:
 def test_the_metric_label_values_are_the_documented_ones() -> None:
     assert UPSTREAM_ERROR_KINDS == ("connect", "timeout", "reset", "protocol")
     assert set(UPSTREAM_ERROR_KINDS) < set(FAILURE_KINDS)
-    assert EJECT_RULES == ("comparative", "backstop", "manual")
+    assert EJECT_RULES == ("comparative", "backstop", "latency", "manual", "rollout")
+    assert OUTCOME_KINDS == ("failure_header", "failure_status", "slow")
+    assert ROLLOUT_STATES == ("idle", "progressing", "paused", "completed", "aborted")
     assert VERDICTS == ("insufficient_samples", "healthy", "shared_degradation", "ejected")

@@ -32,7 +32,7 @@ from typing import Protocol
 from aiohttp import web
 
 from canaryproxy.admin.openapi import MAX_REASON_CHARS, openapi_document
-from canaryproxy.config.load import parse_canary_weight
+from canaryproxy.config.load import parse_canary_weight, parse_steps
 from canaryproxy.outcomes.metrics import Metrics
 from canaryproxy.state.runtime import Conflict
 from canaryproxy.state.store import StateError, StoreUnavailable
@@ -60,6 +60,12 @@ class AdminController(Protocol):
     async def eject(self, name: str, reason: str | None, who: str) -> State: ...
 
     async def restore(self, name: str, weight: float | None, who: str) -> State: ...
+
+    def rollout_state(self, name: str) -> State: ...
+
+    async def rollout(
+        self, name: str, action: str, steps: tuple[float, ...] | None, reason: str | None, who: str
+    ) -> State: ...
 
 
 @dataclass(slots=True)
@@ -100,6 +106,9 @@ def build_admin_app(
     app.router.add_put("/admin/services/{name}/weight", _put_weight)
     app.router.add_post("/admin/services/{name}/eject", _post_eject)
     app.router.add_post("/admin/services/{name}/restore", _post_restore)
+    app.router.add_get("/admin/services/{name}/rollout", _get_rollout)
+    for action in ROLLOUT_BODIES:
+        app.router.add_post(f"/admin/services/{{name}}/rollout/{action}", _post_rollout)
     app.router.add_get("/admin/openapi.json", _openapi)
     return app
 
@@ -249,6 +258,33 @@ async def _post_restore(request: web.Request) -> web.Response:
     return await _change(name, controller.restore(name, weight, _who(request)))
 
 
+async def _get_rollout(request: web.Request) -> web.Response:
+    controller, name = _target(request)
+    try:
+        return web.json_response(controller.rollout_state(name))
+    except KeyError:
+        raise _unknown_service(name) from None
+
+
+ROLLOUT_BODIES: dict[str, tuple[str, ...]] = {
+    "start": ("steps",),
+    "pause": (),
+    "resume": (),
+    "promote": (),
+    "abort": ("reason",),
+}
+"""The keys each rollout action's (optional) body may hold."""
+
+
+async def _post_rollout(request: web.Request) -> web.Response:
+    controller, name = _target(request)
+    action = request.path.rsplit("/", 1)[1]
+    body = await _read_object(request, ROLLOUT_BODIES[action]) or {}
+    steps = _steps(body["steps"]) if "steps" in body else None
+    reason = _reason(body.get("reason"))
+    return await _change(name, controller.rollout(name, action, steps, reason, _who(request)))
+
+
 def _target(request: web.Request) -> tuple[AdminController, str]:
     """The controller and the path's service name, which must exist (404 before any body)."""
     controller = request.app[_SETTINGS].controller
@@ -328,6 +364,13 @@ def _weight(value: object) -> float:
         return parse_canary_weight(value)
     except ValueError as exc:
         raise _ApiError(400, f"canary: {exc}") from None
+
+
+def _steps(value: object) -> tuple[float, ...]:
+    try:
+        return parse_steps(value)
+    except ValueError as exc:
+        raise _ApiError(400, f"steps: {exc}") from None
 
 
 def _reason(value: object) -> str | None:

@@ -1,4 +1,5 @@
-"""What the admin API can read and change: STATE per service, weight, eject, restore.
+"""What the admin API can read and change: STATE per service, weight, eject, restore, and
+the rollout plan.
 
 Implements ``admin.AdminController`` over the current ``Services`` table (swapped whole on
 reload by ``Proxy.install``); every change is the service's own, persisted first.
@@ -40,6 +41,29 @@ class Controller:
     async def restore(self, name: str, weight: float | None, who: str) -> State:
         await self.services.get(name).restore(weight, who)
         return self._state_after(name)
+
+    def rollout_state(self, name: str) -> State:
+        return self.services.get(name).rollout_state()  # KeyError → 404
+
+    async def rollout(
+        self, name: str, action: str, steps: tuple[float, ...] | None, reason: str | None, who: str
+    ) -> State:
+        """``action``: start (with ``steps``, or the configured plan), pause, resume,
+        promote or abort (with ``reason``)."""
+        service = self.services.get(name)
+        if action == "start":
+            await service.rollout_start(steps, who)
+        elif action == "pause":
+            await service.rollout_pause(who)
+        elif action == "resume":
+            await service.rollout_resume(who)
+        elif action == "promote":
+            await service.rollout_promote(who)
+        elif action == "abort":
+            await service.rollout_abort(reason, who)
+        else:
+            raise ValueError(f"unknown rollout action {action!r}")
+        return self.services.get(name).rollout_state()
 
     def _state_after(self, name: str) -> State:
         """STATE once a change is saved, from the table in force then: a reload may have

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from canaryproxy.vocabulary import EJECT_RULES, POOLS, VERDICTS, WEIGHT_SOURCES
+from canaryproxy.vocabulary import EJECT_RULES, POOLS, ROLLOUT_STATES, VERDICTS, WEIGHT_SOURCES
 
 __all__ = ["MAX_REASON_CHARS", "openapi_document"]
 
@@ -75,14 +75,16 @@ _NAME = {
 _BEARER: list[Schema] = [{"bearerAuth": []}]
 
 
-def _write(summary: str, body: str, body_required: bool) -> Schema:
+def _write(summary: str, body: str | None, body_required: bool, answer: str = "State") -> Schema:
+    """A route that changes state: its body (None: an empty JSON object at most)."""
+    schema = _ref(body) if body is not None else {"type": "object", "additionalProperties": False}
     return {
         "summary": summary,
         "security": _BEARER,
         "parameters": [_NAME],
-        "requestBody": {"required": body_required, "content": {JSON: {"schema": _ref(body)}}},
+        "requestBody": {"required": body_required, "content": {JSON: {"schema": schema}}},
         "responses": _admin_responses(
-            _json(_ref("State"), "The service's new STATE, persisted."),
+            _json(_ref(answer), "What the service holds after the change, persisted."),
             "400",
             "404",
             "409",
@@ -145,6 +147,34 @@ _PATHS: Schema = {
             "RestoreBody",
             False,
         )
+    },
+    "/admin/services/{name}/rollout": {
+        "get": {
+            "summary": "The rollout plan: state, step, the gate's evidence, what it waits for.",
+            "security": _BEARER,
+            "parameters": [_NAME],
+            "responses": _admin_responses(_json(_ref("Rollout"), "The plan."), "404"),
+        }
+    },
+    "/admin/services/{name}/rollout/start": {
+        "post": _write(
+            "Start the rollout plan at its first step (`steps`, or the configured plan).",
+            "RolloutStartBody",
+            False,
+            "Rollout",
+        )
+    },
+    "/admin/services/{name}/rollout/pause": {
+        "post": _write("Pause the plan: hold the step (and its clock).", None, False, "Rollout")
+    },
+    "/admin/services/{name}/rollout/resume": {
+        "post": _write("Resume a paused plan at its step's weight.", None, False, "Rollout")
+    },
+    "/admin/services/{name}/rollout/promote": {
+        "post": _write("Promote to the next step now (audited).", None, False, "Rollout")
+    },
+    "/admin/services/{name}/rollout/abort": {
+        "post": _write("Abort the plan: ejects the canary.", "EjectBody", False, "Rollout")
     },
     "/admin/openapi.json": {
         "get": {
@@ -320,6 +350,36 @@ _SCHEMAS: Schema = {
         "type": "object",
         "additionalProperties": False,
         "properties": {"canary": _WEIGHT},
+    },
+    "RolloutStartBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "items": {**_WEIGHT, "exclusiveMinimum": 0},
+                "description": "Canary weight of each step, strictly increasing (else 400).",
+            },
+        },
+    },
+    "Rollout": {
+        "type": "object",
+        "description": "A service's rollout plan (README, Rollouts). More keys may appear.",
+        "required": ["service", "state", "steps", "step", "waiting_for"],
+        "properties": {
+            "service": {"type": "string"},
+            "state": {"enum": list(ROLLOUT_STATES)},
+            "steps": {"type": "array", "items": _WEIGHT},
+            "step": {"type": "integer", "minimum": -1},
+            "weight": {"oneOf": [_WEIGHT, {"type": "null"}]},
+            "reason": {"type": "string"},
+            "step_seconds": _NULLABLE_NUMBER,
+            "gate": {"type": ["object", "null"]},
+            "waiting_for": {"type": "array", "items": {"type": "string"}},
+            "seconds_needed": _NULLABLE_NUMBER,
+            "canary_requests_needed": {"type": ["integer", "null"]},
+        },
     },
 }
 

@@ -52,6 +52,7 @@ from canaryproxy.config.schema import (
     TimeoutsConfig,
     TlsConfig,
     cross_field_problems,
+    parse_steps,
 )
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "parse_canary_weight",
     "parse_config",
     "parse_duration",
+    "parse_steps",
     "parse_yaml",
     "summarize",
     "tls_context",

@@ -132,6 +132,9 @@ class ServiceRouting:
         self.strip_header = (
             config.override_header.lower().encode() if config.override_header else None
         )
+        outcome_header = config.outcomes.header
+        # The backend's failure mark: read from the response head and never forwarded.
+        self.outcome_header = outcome_header.lower().encode() if outcome_header else None
         bucket_by = config.bucket_by
         self.key_header = (
             bucket_by.name.lower().encode() if bucket_by and bucket_by.source == "header" else None
@@ -183,7 +186,9 @@ class Outcome:
 
     ``route`` is None for a request no service matched; ``backend`` is the last one tried;
     ``is_local`` when the proxy answered itself (404, 502, 503, 504); ``answered`` when a
-    backend's response reached the client; ``aborted`` when the response was cut off.
+    backend's response reached the client; ``aborted`` when the response was cut off;
+    ``head_latency`` the seconds from the request to the end of the backend's response head
+    (-1 without one); ``marked_failed`` when the backend's ``outcomes.header`` said failure.
     """
 
     __slots__ = (
@@ -192,7 +197,9 @@ class Outcome:
         "backend",
         "duration",
         "head",
+        "head_latency",
         "is_local",
+        "marked_failed",
         "route",
         "status",
     )
@@ -208,8 +215,12 @@ class Outcome:
         is_local: bool,
         answered: bool,
         aborted: bool,
+        head_latency: float = -1.0,
+        marked_failed: bool = False,
     ) -> None:
         self.head = head
+        self.head_latency = head_latency
+        self.marked_failed = marked_failed
         self.route = route
         self.backend = backend
         self.status = status

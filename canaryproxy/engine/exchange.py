@@ -52,10 +52,12 @@ class Exchange:
         "ctx",
         "down",
         "head",
+        "head_latency",
         "is_done",
         "is_local",
         "is_tunnel",
         "limits",
+        "marked_failed",
         "req_done",
         "resp_chunked",
         "resp_close",
@@ -90,6 +92,8 @@ class Exchange:
         self.resp_close = False
         self.resp_until_eof = False
         self.status = 0
+        self.head_latency = -1.0  # request start to the backend's response head, seconds
+        self.marked_failed = False  # the backend's outcomes.header said failure
         self.is_done = False
         self.is_local = False
         self.is_tunnel = False
@@ -250,6 +254,7 @@ class Exchange:
             self.resp_connection = []
             return
         self.status = status
+        self.head_latency = time.monotonic() - self.head.started
         assert self.route is not None
         assert self.backend is not None
         self.ctx.director.upstream_answered(self.route, self.backend, status)
@@ -273,12 +278,17 @@ class Exchange:
         assert self.route is not None
         out = [http11.status_line(status)]
         skip = http11.hop_by_hop_names(self.resp_connection)
+        outcome_header = self.route.service.outcome_header
         has_length = has_te = False
         for name, value in self.resp_headers:
             lname = name.lower()
             if lname in skip or lname.startswith(b"proxy-"):
                 if lname == b"transfer-encoding":
                     has_te = True
+                continue
+            if lname == outcome_header:
+                if value.strip().lower() == b"failure":
+                    self.marked_failed = True
                 continue
             if lname == b"content-length":
                 has_length = True
@@ -503,6 +513,8 @@ class Exchange:
             is_local=self.is_local,
             answered=self.resp_started and not self.is_local,
             aborted=aborted,
+            head_latency=self.head_latency,
+            marked_failed=self.marked_failed,
         )
         self.ctx.recorder.request_done(outcome)
 

@@ -87,6 +87,7 @@ from canaryproxy.judge.sequential import (
     RATIOS,
     MixtureTest,
     StepEvidence,
+    StepGate,
 )
 from canaryproxy.judge.window import (
     WINDOW_SLOTS,
@@ -146,8 +147,9 @@ class BudgetParams:
             raise ValueError(f"max_p99_latency: must be > 0, got {self.max_p99_latency}")
 
     @classmethod
-    def from_config(cls, cfg: _ErrorBudgetLike) -> BudgetParams:
+    def from_config(cls, cfg: _ErrorBudgetLike, judge_latency: bool = False) -> BudgetParams:
         return cls(
+            judge_latency=judge_latency,
             alpha=cfg.alpha,
             stable_guard=cfg.stable_guard,
             window=cfg.window,
@@ -255,9 +257,9 @@ class Judge:
 
     # -- a rollout's step --------------------------------------------------
 
-    def begin_step(self, max_ratio: float, now: float) -> None:
+    def begin_step(self, max_ratio: float) -> None:
         """A rollout step starts: its gates (errors, slow) and counts start from nothing."""
-        self._step = StepEvidence(max_ratio, now)
+        self._step = StepEvidence(max_ratio)
 
     def end_step(self) -> None:
         self._step = None
@@ -266,13 +268,15 @@ class Judge:
     def step(self) -> StepEvidence | None:
         return self._step
 
-    def gate(self, now: float) -> dict[str, object] | None:
-        """The current step's gate: passed, or what it waits for (None: no step)."""
+    def gate(self, now: float) -> StepGate | None:
+        """The current step's gate: shown, or what it waits for (None: no step)."""
         step = self._step
         if step is None:
             return None
+        if now >= self._bucket_end:
+            self._advance(now)
         w = self._window_share()
-        return step.describe(self._threshold, w, self.params.judge_latency, now)
+        return step.describe(self._threshold, w, self.params.judge_latency)
 
     def _add(
         self, canary: bool, count: int, errors: int, slow: bool, lat_bin: int, late: int
@@ -381,6 +385,19 @@ class Judge:
             ),
             "rules": _rules(self.params),
             "ejection": _ejection_dict(self._ejection),
+            "slow": self._slow_evidence() if self.params.judge_latency else None,
+        }
+
+    def _slow_evidence(self) -> dict[str, object]:
+        """The comparative test on slow outcomes (``outcomes.slow``), over the window."""
+        c, s = self._canary.n_late, self._stable.n_late
+        return {
+            "canary_slow": c,
+            "stable_slow": s,
+            "canary_share_of_slow": ratio(c, c + s),
+            "log_odds": round(self._late.log_odds, 4),
+            "odds": format_odds(self._late.log_odds),
+            "stable_slow_guard_active": self._is_stable_late(),
         }
 
     def __repr__(self) -> str:
@@ -389,9 +406,10 @@ class Judge:
             if self._ejection
             else f"log_odds={self._errors.log_odds:.2f}/{self._threshold:.2f}"
         )
+        s, c = self._stable, self._canary
         return (
             f"<Judge {state} eta={self._errors.eta:.2f}"
-            f" stable={self._stable.n_errors}/{self._stable.n} canary={self._canary.n_errors}/{self._canary.n}>"
+            f" stable={s.n_errors}/{s.n} canary={c.n_errors}/{c.n}>"
         )
 
     # -- the rules -----------------------------------------------------------

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+from canaryproxy.judge.window import format_odds
+
 RATIOS = (2, 4, 8, 16, 32, 64)
 """Alternatives of the comparative test: the canary's event rate is R x stable's."""
 WEIGHTS = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)
@@ -127,11 +129,10 @@ class Gate:
 class StepEvidence:
     """One rollout step's counts and gates (errors; slow outcomes with ``outcomes.slow``)."""
 
-    __slots__ = ("counts", "errors", "late", "max_ratio", "started")
+    __slots__ = ("counts", "errors", "late", "max_ratio")
 
-    def __init__(self, max_ratio: float, started: float) -> None:
+    def __init__(self, max_ratio: float) -> None:
         self.max_ratio = max_ratio
-        self.started = started
         # [canary requests, stable requests, canary errors, stable errors, canary slow, stable slow]
         self.counts = [0, 0, 0, 0, 0, 0]
         self.errors = Gate(max_ratio)
@@ -150,9 +151,7 @@ class StepEvidence:
         if is_late:
             self.late.update(from_canary, w)
 
-    def describe(
-        self, threshold: float, w: float | None, judge_latency: bool, now: float
-    ) -> dict[str, object]:
+    def describe(self, threshold: float, w: float | None, judge_latency: bool) -> StepGate:
         """Whether each gate holds, and what it waits for. With both gates, each is held
         to ``threshold + ln 2`` (their alpha halved), so together they hold at 1 - alpha."""
         bound = threshold + (math.log(2) if judge_latency else 0.0)
@@ -160,27 +159,56 @@ class StepEvidence:
         gates = {"errors": self._gate(self.errors, c[2], c[3], bound, w)}
         if judge_latency:
             gates["slow"] = self._gate(self.late, c[4], c[5], bound, w)
-        return {
+        shown = all(g["shown"] is True for g in gates.values())
+        more: int | None = 0
+        for g in gates.values():
+            needed = g["canary_requests_needed"]
+            if more is not None:
+                more = max(more, needed) if isinstance(needed, int) else None
+        evidence: dict[str, object] = {
             "max_ratio": self.max_ratio,
-            "seconds": round(now - self.started, 3),
             "canary_requests": c[0],
             "stable_requests": c[1],
             "gates": gates,
-            "shown": all(g["shown"] for g in gates.values()),
+            "shown": shown,
         }
+        return StepGate(shown, c[0], more, evidence)
 
-    @staticmethod
     def _gate(
-        gate: Gate, canary: int, stable: int, bound: float, w: float | None
+        self, gate: Gate, canary: int, stable: int, bound: float, w: float | None
     ) -> dict[str, object]:
         quiet = canary == 0 and stable == 0  # neither pool failed: time and requests suffice
         shown = quiet or gate.log_odds >= bound
-        needed = None if shown or w is None else gate.events_needed(bound, w)
+        events = None if shown or w is None else gate.events_needed(bound, w)
+        # events of both pools → canary requests, at the step's events per canary request
+        requests = (
+            None
+            if events is None or gate.events == 0
+            else math.ceil(events * self.counts[0] / gate.events)
+        )
         return {
             "canary_events": canary,
             "stable_events": stable,
             "log_odds": round(gate.log_odds, 4),
             "threshold": round(bound, 4),
+            "odds": format_odds(gate.log_odds),
             "shown": shown,
-            "events_needed": needed,
+            "events_needed": events,
+            "canary_requests_needed": 0 if shown else requests,
         }
+
+
+class StepGate:
+    """A step's gate as the rollout plan reads it: shown or not, the canary requests served
+    at the step, an estimate of how many more the gate needs (None: not heading there), and
+    the evidence (JSON) behind it."""
+
+    __slots__ = ("canary_requests", "evidence", "more_requests", "shown")
+
+    def __init__(
+        self, shown: bool, canary_requests: int, more: int | None, evidence: dict[str, object]
+    ) -> None:
+        self.shown = shown
+        self.canary_requests = canary_requests
+        self.more_requests = more
+        self.evidence = evidence

@@ -31,6 +31,7 @@ SUMMED = frozenset(
         "canaryproxy_request_duration_seconds",
         "canaryproxy_requests_in_flight",
         "canaryproxy_upstream_attempts",
+        "canaryproxy_outcomes",
         "canaryproxy_upstream_errors",
         "canaryproxy_client_aborts",
         "canaryproxy_rejected_requests",

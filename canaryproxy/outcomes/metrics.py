@@ -41,13 +41,17 @@ from prometheus_client.utils import floatToGoString
 from canaryproxy.vocabulary import (
     ATTEMPT_OUTCOMES,
     EJECT_RULES,
+    OUTCOME_KINDS,
     POOLS,
+    ROLLOUT_STATES,
     UPSTREAM_ERROR_KINDS,
     VERDICTS,
     AttemptOutcome,
     EjectRule,
     FailureKind,
+    OutcomeKind,
     Pool,
+    RolloutState,
     Verdict,
     require,
 )
@@ -76,6 +80,8 @@ class _Families:
     reloads: Counter
     workers: Gauge
     state_store_up: Gauge
+    rollout_step: Gauge
+    rollout_state: Gauge
 
 
 def _families(registry: CollectorRegistry) -> _Families:
@@ -101,7 +107,8 @@ def _families(registry: CollectorRegistry) -> _Families:
         ),
         ejections=Counter(
             "canaryproxy_ejections_total",
-            "Canary ejections, by the rule that fired (comparative, backstop, manual).",
+            "Canary ejections, by the rule that fired (comparative, backstop, latency, manual,"
+            " rollout).",
             ("service", "rule"),
             registry=registry,
         ),
@@ -150,6 +157,18 @@ def _families(registry: CollectorRegistry) -> _Families:
             "1 while the state store answers (SQLite file, or Redis when shared).",
             registry=registry,
         ),
+        rollout_step=Gauge(
+            "canaryproxy_rollout_step",
+            "Index of the rollout plan's current step (-1 while idle).",
+            ("service",),
+            registry=registry,
+        ),
+        rollout_state=Gauge(
+            "canaryproxy_rollout_state",
+            "1 for the rollout plan's current state, 0 for the others.",
+            ("service", "state"),
+            registry=registry,
+        ),
     )
 
 
@@ -193,6 +212,7 @@ class PoolMetrics:
         "created",
         "duration_sum",
         "in_flight",
+        "outcomes",
     )
 
     def __init__(self, fam: _Families, service: str, pool: Pool, bounds: Sequence[float]) -> None:
@@ -206,6 +226,7 @@ class PoolMetrics:
             k: fam.upstream_errors.labels(service, pool, k) for k in UPSTREAM_ERROR_KINDS
         }
         self.attempts: dict[str, int] = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOME_KINDS, 0)
         self.created = time.time()  # the counters' _created series, as prometheus-client's
         self.in_flight = Level()
 
@@ -237,6 +258,13 @@ class PoolMetrics:
         if outcome not in attempts:
             require(outcome, ATTEMPT_OUTCOMES, "attempt outcome")
         attempts[outcome] += 1
+
+    def outcome(self, kind: OutcomeKind) -> None:
+        """One response ``outcomes`` counted (`kind` in OUTCOME_KINDS)."""
+        outcomes = self.outcomes
+        if kind not in outcomes:
+            require(kind, OUTCOME_KINDS, "outcome")
+        outcomes[kind] += 1
 
     def remove(self) -> None:
         """Drop this pool's registry series (its service or pool left the config)."""
@@ -277,6 +305,12 @@ class _RequestCollector:
             "Attempts at a backend, retries included: ok, retried (failed, sent again), failed.",
             labels=[*sp, "outcome"],
         )
+        outcomes = CounterMetricFamily(
+            "canaryproxy_outcomes",
+            "Responses counted by a service's outcomes settings: failure_header (the backend"
+            " said failure), failure_status (a listed status), slow (head later than slow).",
+            labels=[*sp, "outcome"],
+        )
         for sm in list(self.services):
             for pool, pm in list(sm.pools.items()):
                 labels = [sm.name, pool]
@@ -289,10 +323,13 @@ class _RequestCollector:
                 in_flight.add_metric(labels, pm.in_flight.value)
                 for outcome, count in pm.attempts.items():
                     attempts.add_metric([*labels, outcome], count, created=pm.created)
+                for kind, count in pm.outcomes.items():
+                    outcomes.add_metric([*labels, kind], count, created=pm.created)
         yield requests
         yield duration
         yield in_flight
         yield attempts
+        yield outcomes
 
 
 class ServiceMetrics:
@@ -311,6 +348,8 @@ class ServiceMetrics:
         "ejections",
         "name",
         "pools",
+        "rollout_states",
+        "rollout_step",
         "verdicts",
         "weight",
     )
@@ -326,6 +365,10 @@ class ServiceMetrics:
         self.verdicts = {v: fam.verdict.labels(name, v) for v in VERDICTS}
         # A service starts with no samples; keeps "exactly one verdict is 1" true from the start.
         self.verdicts["insufficient_samples"].set(1)
+        self.rollout_step: Gauge = fam.rollout_step.labels(name)
+        self.rollout_step.set(-1)
+        self.rollout_states = {s: fam.rollout_state.labels(name, s) for s in ROLLOUT_STATES}
+        self.rollout_states["idle"].set(1)
         self.aborts: Counter = fam.client_aborts.labels(name)
         self.pools: dict[Pool, PoolMetrics] = {}
         self._backends: dict[tuple[Pool, str], Gauge] = {}
@@ -358,8 +401,10 @@ class ServiceMetrics:
         self.update(())
         self._metrics.forget(self)
         fam, name = self._fam, self.name
-        for gauge in (fam.canary_weight, fam.canary_ejected, fam.client_aborts):
+        for gauge in (fam.canary_weight, fam.canary_ejected, fam.client_aborts, fam.rollout_step):
             gauge.remove(name)
+        for state in ROLLOUT_STATES:
+            fam.rollout_state.remove(name, state)
         for rule in EJECT_RULES:
             fam.ejections.remove(name, rule)
         for verdict in VERDICTS:
@@ -379,6 +424,13 @@ class ServiceMetrics:
         require(verdict, VERDICTS, "verdict")
         for name, child in self.verdicts.items():
             child.set(1 if name == verdict else 0)
+
+    def set_rollout(self, state: RolloutState, step: int) -> None:
+        """The rollout plan's state and step index (-1 while idle)."""
+        require(state, ROLLOUT_STATES, "rollout state")
+        self.rollout_step.set(step)
+        for name, child in self.rollout_states.items():
+            child.set(1 if name == state else 0)
 
     def set_backend_healthy(self, pool: Pool, backend: str, healthy: bool) -> None:
         self._backends[(pool, backend)].set(1 if healthy else 0)

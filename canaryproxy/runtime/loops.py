@@ -1,4 +1,5 @@
-"""The only code that sleeps: active health checks and the once-a-second tick.
+"""The only code that sleeps: active health checks and the once-a-second tick (gauges, and
+rollout steps that have earned their promotion).
 
 Each loop is a task owned by ``Loops``, which cancels and awaits them on shutdown or reload.
 Probes use aiohttp off the request path; a probe's result goes through the pure
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 
@@ -23,8 +24,14 @@ log = logging.getLogger("canaryproxy.health")
 
 
 class Loops:
-    def __init__(self, tick: Callable[[], None], rng: random.Random) -> None:
+    def __init__(
+        self,
+        tick: Callable[[], None],
+        rng: random.Random,
+        advance: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.tick = tick
+        self.advance = advance
         self.rng = rng
         self.tasks: list[asyncio.Task[None]] = []
         self.session: aiohttp.ClientSession | None = None
@@ -62,6 +69,8 @@ class Loops:
             await asyncio.sleep(1.0)
             try:
                 self.tick()
+                if self.advance is not None:
+                    await self.advance()
             except Exception:
                 log.exception("tick failed")
 

@@ -26,14 +26,17 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from canaryproxy.config.load import Config, ServiceConfig
+from canaryproxy.config.load import Config, RolloutConfig, ServiceConfig
+from canaryproxy.decide import rollout
 from canaryproxy.decide.director import BackendRuntime, Director, Outcome, ServiceRouting
 from canaryproxy.decide.health import ActiveCheck, BackendHealth, OutlierDetector
+from canaryproxy.decide.rollout import Plan, Refused, StepSettings
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
+from canaryproxy.judge.sequential import StepGate
 from canaryproxy.judge.tally import Row, Tally
-from canaryproxy.outcomes.metrics import Metrics, ServiceMetrics
-from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState
+from canaryproxy.outcomes.metrics import Metrics, PoolMetrics, ServiceMetrics
+from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState, describe_plan
 from canaryproxy.state.store import ServiceRecord, StateError
 from canaryproxy.vocabulary import POOLS, EjectRule, FailureKind, Pool, Verdict, WeightSource
 
@@ -74,6 +77,10 @@ class Service:
         self.config = config
         self.env = env
         self.has_canary = config.canary is not None
+        outcomes = config.outcomes
+        self.outcomes_on = bool(
+            outcomes.header or outcomes.failure_statuses or outcomes.slow is not None
+        )
         old_knobs = previous.knobs if previous is not None else None
         self.knobs: ServiceState = env.keeper.adopt(
             self.name, config.canary_weight, old_knobs, records
@@ -98,6 +105,9 @@ class Service:
         else:
             self.metrics = env.metrics.service(self.name, labels)
         self.judge = self._build_judge(previous)
+        plan = self.knobs.rollout
+        if self.judge is not None and plan.is_active and self.judge.step is None:
+            self.judge.begin_step(self.step_settings.max_ratio)  # a restart: the step goes on
         self.tally: Tally | None = None
         if env.pooled and self.has_canary:
             self.tally = Tally(config.error_budget.max_p99_latency)
@@ -145,7 +155,9 @@ class Service:
         """The canary's judge; a new one (judging afresh) when the error budget changed."""
         if not self.has_canary:
             return None
-        params = BudgetParams.from_config(self.config.error_budget)
+        params = BudgetParams.from_config(
+            self.config.error_budget, judge_latency=self.config.outcomes.slow is not None
+        )
         old = previous.judge if previous is not None else None
         if old is not None and old.params == params:
             return old
@@ -194,7 +206,30 @@ class Service:
             if status == 503:
                 self._judge_outcome(pool, True, outcome.duration)
         elif not outcome.aborted:
-            self._judge_outcome(pool, status >= 500, outcome.duration)
+            is_error, is_late = status >= 500, False
+            if self.outcomes_on:
+                is_error, is_late = self._classify(outcome, served, is_error)
+            self._judge_outcome(pool, is_error, outcome.duration, is_late)
+
+    def _classify(
+        self, outcome: Outcome, pm: PoolMetrics | None, is_error: bool
+    ) -> tuple[bool, bool]:
+        """What ``outcomes`` makes of an answered response: (error, slow), counted."""
+        config = self.config.outcomes
+        if not is_error:
+            if outcome.marked_failed:
+                is_error = True
+                if pm is not None:
+                    pm.outcome("failure_header")
+            elif outcome.status in config.failure_statuses:
+                is_error = True
+                if pm is not None:
+                    pm.outcome("failure_status")
+        slow = config.slow
+        is_late = slow is not None and outcome.head_latency > slow
+        if is_late and pm is not None:
+            pm.outcome("slow")
+        return is_error, is_late
 
     def _count_attempts(self, tried: Sequence[BackendRuntime], answered: bool) -> None:
         """Every backend tried: all but the last failed and were retried elsewhere."""
@@ -208,15 +243,17 @@ class Service:
             if last is not None:
                 last.attempt("ok" if answered else "failed")
 
-    def _judge_outcome(self, pool: Pool, is_error: bool, latency: float) -> None:
+    def _judge_outcome(
+        self, pool: Pool, is_error: bool, latency: float, is_late: bool = False
+    ) -> None:
         tally = self.tally
         if tally is not None:
-            tally.add(pool, is_error, latency)
+            tally.add(pool, is_error, latency, is_late)
             return
         judge = self.judge
         if judge is None:
             return
-        ejection = judge.record(pool, is_error, latency, self.env.monotonic())
+        ejection = judge.record(pool, is_error, latency, self.env.monotonic(), is_late)
         if ejection is not None:
             self._ejected_by_judge(ejection)
 
@@ -237,7 +274,7 @@ class Service:
         another instance (shared state). The judge follows: ejected with the canary, afresh
         on a restore. The ejection counter is the deciding process's, not bumped here."""
         knobs = self.knobs
-        was_ejected, old_epoch = knobs.is_ejected, knobs.epoch
+        was_ejected, old_epoch, plan = knobs.is_ejected, knobs.epoch, knobs.rollout
         knobs.apply(record)
         judge = self.judge
         if judge is not None:
@@ -254,12 +291,15 @@ class Service:
                     "reason": knobs.eject_reason,
                 },
             )
+        self._rollout_moved(plan, None, decided_here=False)
         self.refresh()
 
     def _ejected_by_judge(self, ejection: Ejection) -> None:
+        plan = self.knobs.rollout
         if not self.env.keeper.eject_now(self.knobs, ejection.rule, ejection.reason):
             return
         self._show_ejected(ejection.rule)
+        self._rollout_moved(plan, ejection.evidence)
         log.warning(
             "canary ejected",
             extra={
@@ -281,17 +321,21 @@ class Service:
     async def set_weight(self, weight: float, who: str) -> None:
         if not self.has_canary and weight != 0:
             raise Conflict("the service has no canary pool")
+        plan = self.knobs.rollout
         await self.env.keeper.set_weight(self.knobs, weight, who)
         self.metrics.set_weight(self.effective_weight)
+        self._rollout_moved(plan, None)
 
-    async def eject(self, reason: str | None, who: str) -> None:
+    async def eject(self, reason: str | None, who: str, rule: EjectRule = "manual") -> None:
         if not self.has_canary:
             raise Conflict("the service has no canary pool")
         text = reason or "ejected by an operator"
-        await self.env.keeper.eject(self.knobs, "manual", text, who)
+        plan = self.knobs.rollout
+        await self.env.keeper.eject(self.knobs, rule, text, who)
         if self.judge is not None:
-            self.judge.mark_ejected("manual", text)
-        self._show_ejected("manual")
+            self.judge.mark_ejected(rule, text)
+        self._show_ejected(rule)
+        self._rollout_moved(plan, None)
 
     async def restore(self, weight: float | None, who: str) -> None:
         await self.env.keeper.restore(self.knobs, weight, who)
@@ -305,9 +349,10 @@ class Service:
     async def follow_config(self) -> str:
         """Apply the file's ``canary_weight`` if the file changed it since the weight was
         last set (the most recent change wins); say what was done, for the (re)load's log."""
-        weight, knobs = self.config.canary_weight, self.knobs
+        weight, knobs, plan = self.config.canary_weight, self.knobs, self.knobs.rollout
         if await self.env.keeper.follow_config(knobs, weight):
             self.metrics.set_weight(self.effective_weight)
+            self._rollout_moved(plan, None)
             return f"applied the file's weight {weight:g}: the file changed it"
         if knobs.canary_weight != weight and self.has_canary:
             return (
@@ -315,6 +360,170 @@ class Service:
                 f"than the file's {weight:g}, which has not changed"
             )
         return ""
+
+    async def follow_plan(self) -> str:
+        """At a (re)load: start the configured plan if ``auto_start`` says so and none ever
+        ran; end any plan of a service that no longer has a canary pool."""
+        plan, cfg = self.knobs.rollout, self.config.rollout
+        if not self.has_canary and plan != rollout.IDLE:
+            await self._commit_rollout(rollout.IDLE, None, "config", "end")
+            return "ended the rollout plan: the service has no canary pool now"
+        if (
+            cfg is not None
+            and cfg.auto_start
+            and plan == rollout.IDLE
+            and not self.knobs.is_ejected
+        ):
+            await self.rollout_start(None, "config")
+            return f"started the rollout plan (auto_start) at {self.knobs.rollout.weight:g} %"
+        return ""
+
+    # the rollout plan: every transition persisted first, then shown --------------------------
+    @property
+    def step_settings(self) -> StepSettings:
+        """What a step needs (the config's ``rollout``, or its defaults without one)."""
+        cfg = self.config.rollout or RolloutConfig()
+        return StepSettings(cfg.min_step_duration, cfg.min_step_requests, cfg.max_ratio)
+
+    async def rollout_start(self, steps: tuple[float, ...] | None, who: str) -> None:
+        if not self.has_canary:
+            raise Conflict("the service has no canary pool")
+        if self.knobs.is_ejected:
+            raise Conflict("the canary is ejected; restore it first")
+        planned = steps or (self.config.rollout or RolloutConfig()).steps
+        plan = self._transition(lambda p: rollout.start(p, planned, self.env.wall()))
+        await self._commit_rollout(plan, plan.weight, who, "start")
+
+    async def rollout_pause(self, who: str) -> None:
+        plan = self._transition(
+            lambda p: rollout.pause(p, self.env.wall(), f"paused by an operator ({who})")
+        )
+        await self._commit_rollout(plan, None, who, "pause")
+
+    async def rollout_resume(self, who: str) -> None:
+        plan = self._transition(lambda p: rollout.resume(p, self.env.wall()))
+        await self._commit_rollout(plan, plan.weight, who, "resume")  # back to the step's
+
+    async def rollout_promote(self, who: str) -> None:
+        plan = self._transition(
+            lambda p: rollout.promote(p, self.env.wall(), f"promoted by an operator ({who})")
+        )
+        await self._commit_rollout(plan, plan.weight, who, _promotion(plan))
+
+    async def rollout_abort(self, reason: str | None, who: str) -> None:
+        self._transition(lambda p: rollout.abort(p, ""))  # refused unless active
+        await self.eject(reason or f"rollout aborted by an operator ({who})", who, "rollout")
+
+    async def advance_rollout(self) -> None:
+        """Promote the current step if it has earned it (called every second where the
+        judge decides). A store that fails, or a change made meanwhile, leaves it for the
+        next second."""
+        plan, judge = self.knobs.rollout, self.judge
+        if plan.state != "progressing" or judge is None or self.knobs.is_ejected:
+            return
+        gate = judge.gate(self.env.monotonic())
+        if gate is None:
+            judge.begin_step(self.step_settings.max_ratio)
+            return
+        settings, now = self.step_settings, self.env.wall()
+        if not rollout.is_due(plan, settings, now, gate.canary_requests, gate.shown):
+            return
+        reason = _promotion_reason(plan, now, gate.canary_requests, gate.evidence)
+        nxt = rollout.promote(plan, now, reason)
+        try:
+            await self._commit_rollout(
+                nxt, nxt.weight, "canaryproxy", _promotion(nxt), gate.evidence
+            )
+        except (Conflict, StateError) as exc:
+            log.warning(
+                "rollout step not promoted", extra={"service": self.name, "error": str(exc)}
+            )
+
+    def _transition(self, change: Callable[[Plan], Plan]) -> Plan:
+        try:
+            return change(self.knobs.rollout)
+        except Refused as exc:
+            raise Conflict(str(exc)) from None
+
+    async def _commit_rollout(
+        self,
+        plan: Plan,
+        weight: float | None,
+        who: str,
+        action: str,
+        evidence: Mapping[str, object] | None = None,
+    ) -> None:
+        old = self.knobs.rollout
+        await self.env.keeper.change_rollout(self.knobs, plan, weight, who, action)
+        self.metrics.set_weight(self.effective_weight)
+        self._rollout_moved(old, evidence)
+
+    def _rollout_moved(
+        self, old: Plan, evidence: Mapping[str, object] | None, decided_here: bool = True
+    ) -> None:
+        """After any change of the knobs: if the plan moved, the judge's step follows, and
+        the move is shown (gauges) and, where it was decided, logged with its evidence."""
+        plan = self.knobs.rollout
+        if plan == old:
+            return
+        judge = self.judge
+        if judge is not None:
+            if not plan.is_active:
+                judge.end_step()
+            elif plan.step != old.step or plan.steps != old.steps or not old.is_active:
+                judge.begin_step(self.step_settings.max_ratio)
+        self.metrics.set_rollout(plan.state, plan.step)
+        if decided_here:
+            log.info(
+                f"rollout {plan.state}",
+                extra={
+                    "service": self.name,
+                    "from": describe_plan(old),
+                    "to": describe_plan(plan),
+                    "weight": self.effective_weight,
+                    "reason": plan.reason,
+                    "evidence": dict(evidence) if evidence is not None else None,
+                },
+            )
+
+    def rollout_state(self) -> State:
+        """The plan, its state and step, the gate's evidence and what the step waits for."""
+        plan, judge, settings = self.knobs.rollout, self.judge, self.step_settings
+        now = self.env.wall()
+        gate = judge.gate(self.env.monotonic()) if judge is not None else None
+        requests = gate.canary_requests if gate is not None else 0
+        waits = rollout.waiting_for(
+            plan,
+            settings,
+            now,
+            requests,
+            gate.more_requests if gate is not None else 0,
+            gate.shown if gate is not None else True,
+        )
+        return {
+            "service": self.name,
+            "state": plan.state,
+            "steps": list(plan.steps or (self.config.rollout or RolloutConfig()).steps),
+            "step": plan.step,
+            "weight": plan.weight if plan.step >= 0 else None,
+            "reason": plan.reason,
+            "step_seconds": round(plan.seconds(now), 3) if plan.is_active else None,
+            "settings": {
+                "min_step_duration": settings.min_step_duration,
+                "min_step_requests": settings.min_step_requests,
+                "max_ratio": settings.max_ratio,
+                "alpha": self.config.error_budget.alpha,
+                "auto_start": bool(self.config.rollout and self.config.rollout.auto_start),
+            },
+            "gate": gate.evidence if gate is not None else None,
+            "waiting_for": waits,
+            "seconds_needed": (
+                max(settings.min_step_duration - plan.seconds(now), 0.0)
+                if plan.state == "progressing"
+                else None
+            ),
+            "canary_requests_needed": _requests_needed(plan, settings, requests, gate),
+        }
 
     # reading -----------------------------------------------------------------------------
     @property
@@ -341,6 +550,7 @@ class Service:
         metrics.set_weight(self.effective_weight)
         metrics.set_ejected(self.knobs.is_ejected)
         metrics.set_verdict(self.verdict(now))
+        metrics.set_rollout(self.knobs.rollout.state, self.knobs.rollout.step)
         for b in self.routing.all_backends():
             metrics.set_backend_healthy(b.pool, b.url, b.is_routable(now))
 
@@ -421,6 +631,10 @@ class Services:
         for service in self._by_name.values():
             service.refresh()
 
+    async def advance_rollouts(self) -> None:
+        for service in list(self._by_name.values()):
+            await service.advance_rollout()
+
     async def follow_config(self) -> dict[str, str]:
         """Each service's ``follow_config``: what was applied or kept, by service name.
 
@@ -432,9 +646,52 @@ class Services:
             except (StateError, Conflict) as exc:  # a failed save, or an ejection meanwhile
                 note = f"the file's weight was NOT applied: {exc}"
                 log.error("config weight not applied", extra={"service": name, "error": str(exc)})
+            try:
+                planned = await service.follow_plan()
+            except (StateError, Conflict) as exc:
+                planned = f"the rollout plan was NOT changed: {exc}"
+                log.error("rollout plan not changed", extra={"service": name, "error": str(exc)})
+            note = "; ".join(n for n in (note, planned) if n)
             if note:
                 notes[name] = note
         return notes
+
+
+def _promotion(plan: Plan) -> str:
+    """The audit's action for a promotion: into the next step, or completing the plan."""
+    return "complete" if plan.state == "completed" else "promote"
+
+
+def _promotion_reason(
+    plan: Plan, now: float, canary_requests: int, evidence: Mapping[str, object]
+) -> str:
+    """Why the proxy promoted a step, in one line with its numbers."""
+    parts = []
+    gates = evidence.get("gates")
+    if isinstance(gates, dict):
+        for name, gate in gates.items():
+            if gate["canary_events"] == 0 and gate["stable_events"] == 0:
+                parts.append(f"no {name} in either pool")
+            else:
+                parts.append(
+                    f"{name} canary {gate['canary_events']} vs stable {gate['stable_events']}:"
+                    f" {gate['odds']} that the canary is under {evidence['max_ratio']:g}x stable"
+                )
+    step = f"step {plan.step + 1}/{len(plan.steps)} ({plan.weight:g} %)"
+    served = f"{canary_requests} canary requests in {rollout.format_seconds(plan.seconds(now))}"
+    return f"{step} passed: {served}; " + "; ".join(parts)
+
+
+def _requests_needed(
+    plan: Plan, settings: StepSettings, requests: int, gate: StepGate | None
+) -> int | None:
+    """More canary requests the step needs (None: the gate is not heading to a pass)."""
+    if plan.state != "progressing":
+        return None
+    more = max(settings.min_step_requests - requests, 0)
+    if gate is None or gate.shown:
+        return more
+    return None if gate.more_requests is None else max(more, gate.more_requests)
 
 
 def _codec(config: ServiceConfig, root: Config, env: Env) -> CookieCodec | None:

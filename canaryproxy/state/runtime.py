@@ -1,4 +1,5 @@
-"""Runtime knobs and their persistence: per-service canary weight, ejection and epoch.
+"""Runtime knobs and their persistence: per-service canary weight, ejection, epoch and
+rollout plan.
 
 Each service's ``ServiceState`` is owned by its ``Service``; ``RuntimeState`` is the one
 way a change reaches it, through the store.
@@ -17,6 +18,9 @@ Rules:
   and is committed synchronously right after (retried in the background if that fails;
   shutdown waits for such retries).
 - An ejection bumps the epoch, so every canary cookie stops counting.
+- A rollout plan's transitions are changes like any other (persisted, then applied). Two
+  follow from other changes, in the same record: any ejection aborts an active plan, and
+  an operator's weight (or the file's new weight) pauses a progressing one.
 - Changes are serialised by one lock, so the store sees them in the order they happened.
 """
 
@@ -28,6 +32,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from canaryproxy.decide.rollout import IDLE, Plan, abort, pause
 from canaryproxy.state.store import AuditEntry, ServiceRecord, StateStore
 from canaryproxy.vocabulary import EjectRule, WeightSource
 
@@ -53,6 +58,7 @@ class ServiceState:
     weight_source: WeightSource = "config"
     config_weight: float = 0.0  # what the config file said when this state was last saved
     is_config_weight_saved: bool = True  # False for a record written before it was kept
+    rollout: Plan = IDLE
 
     @property
     def effective_weight(self) -> float:
@@ -69,6 +75,7 @@ class ServiceState:
             epoch=self.epoch,
             weight_source=self.weight_source,
             config_weight=self.config_weight,
+            rollout=None if self.rollout == IDLE else self.rollout,
         )
 
     def apply(self, record: ServiceRecord) -> None:
@@ -84,6 +91,7 @@ class ServiceState:
         if record.config_weight is not None:
             self.config_weight = record.config_weight
         self.is_config_weight_saved = record.config_weight is not None
+        self.rollout = record.rollout or IDLE
 
 
 class RuntimeState:
@@ -136,8 +144,9 @@ class RuntimeState:
             )
             if state.is_ejected:
                 new = replace(new, weight_before_eject=weight)  # what a restore resumes at
+            new, note = self._paused_by(state, new, "the config file's weight")
             await self._commit(
-                state, new, "config", "set_weight", _fmt(state.canary_weight), _fmt(weight)
+                state, new, "config", "set_weight", _fmt(state.canary_weight), _fmt(weight) + note
             )
             return True
 
@@ -147,9 +156,32 @@ class RuntimeState:
             if state.is_ejected:
                 raise Conflict("the canary is ejected; restore it to set a weight")
             new = replace(state.record(), canary_weight=weight, weight_source="admin")
+            new, note = self._paused_by(state, new, f"an operator ({who})")
             await self._commit(
-                state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight)
+                state, new, who, "set_weight", _fmt(state.canary_weight), _fmt(weight) + note
             )
+
+    def _paused_by(
+        self, state: ServiceState, new: ServiceRecord, whom: str
+    ) -> tuple[ServiceRecord, str]:
+        """A weight set by hand pauses a progressing plan: the record, and the audit's note."""
+        if state.rollout.state != "progressing":
+            return new, ""
+        reason = f"{whom} set the weight to {_fmt(new.canary_weight)}"
+        return replace(new, rollout=pause(state.rollout, self.clock(), reason)), "; rollout paused"
+
+    async def change_rollout(
+        self, state: ServiceState, plan: Plan, weight: float | None, who: str, action: str
+    ) -> None:
+        """Commit a rollout transition (and the weight its step holds, set by ``rollout``)."""
+        async with self._lock:
+            if state.is_ejected and plan.state not in ("aborted", "idle"):
+                raise Conflict("the canary is ejected; restore it first")
+            new = replace(state.record(), rollout=None if plan == IDLE else plan)
+            if weight is not None:
+                new = replace(new, canary_weight=weight, weight_source="rollout")
+            old = describe_plan(state.rollout)
+            await self._commit(state, new, who, f"rollout:{action}", old, describe_plan(plan))
 
     async def eject(self, state: ServiceState, rule: EjectRule, reason: str, who: str) -> None:
         async with self._lock:
@@ -224,7 +256,8 @@ class RuntimeState:
 
     # helpers -------------------------------------------------------------------------------
     def _ejected_record(self, state: ServiceState, rule: EjectRule, reason: str) -> ServiceRecord:
-        return replace(
+        plan = state.rollout
+        record = replace(
             state.record(),
             ejected=True,
             eject_reason=reason,
@@ -233,6 +266,9 @@ class RuntimeState:
             weight_before_eject=state.canary_weight,
             epoch=state.epoch + 1,  # ends every canary pin at once
         )
+        if plan.is_active:  # an ejection ends the rollout, in the same record
+            record = replace(record, rollout=abort(plan, f"ejected ({rule}): {reason}"))
+        return record
 
     async def _commit(
         self, state: ServiceState, new: ServiceRecord, who: str, action: str, old: str, to: str
@@ -264,3 +300,10 @@ class RuntimeState:
 
 def _fmt(weight: float) -> str:
     return f"{weight:g}"
+
+
+def describe_plan(plan: Plan) -> str:
+    """A plan in a few words, for the audit log: ``progressing step 2/5 (25 %)``."""
+    if plan.step < 0:
+        return plan.state
+    return f"{plan.state} step {plan.step + 1}/{len(plan.steps)} ({_fmt(plan.weight)} %)"

@@ -17,6 +17,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from canaryproxy.decide.rollout import Plan, plan_from_dict, plan_to_dict
 from canaryproxy.vocabulary import (
     EJECT_RULES,
     WEIGHT_SOURCES,
@@ -47,7 +49,7 @@ __all__ = [
 
 # Bumped whenever the tables change; a file written by a newer canaryproxy is refused, an
 # older one is migrated in place at open (_MIGRATIONS).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # "CPXY": marks the file as ours, so a stray SQLite database at state.path is refused, not reused.
 APPLICATION_ID = 0x43505859
 
@@ -62,7 +64,8 @@ CREATE TABLE services (
     weight_before_eject REAL,
     epoch INTEGER NOT NULL,
     weight_source TEXT,
-    config_weight REAL
+    config_weight REAL,
+    rollout TEXT
 );
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +88,8 @@ _MIGRATIONS = {
         "ALTER TABLE services ADD COLUMN weight_source TEXT",
         "ALTER TABLE services ADD COLUMN config_weight REAL",
     ),
+    # The rollout plan (JSON: state, steps, step, elapsed, since, reason); NULL: never started.
+    2: ("ALTER TABLE services ADD COLUMN rollout TEXT",),
 }
 
 
@@ -112,6 +117,7 @@ class ServiceRecord:
     epoch: int
     weight_source: WeightSource | None = None  # None: written before sources were kept
     config_weight: float | None = None  # the config file's weight when this was written
+    rollout: Plan | None = None  # the rollout plan; None: never started
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +238,8 @@ class SqliteStateStore:
                 self._ensure_same_file()
                 rows = self._conn.execute(
                     "SELECT name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,"
-                    " weight_before_eject, epoch, weight_source, config_weight FROM services"
-                    " ORDER BY name"
+                    " weight_before_eject, epoch, weight_source, config_weight, rollout"
+                    " FROM services ORDER BY name"
                 ).fetchall()
             except (sqlite3.Error, OSError) as exc:
                 raise StateError(f"state file {self._path}: cannot read: {exc}") from exc
@@ -288,14 +294,14 @@ class SqliteStateStore:
 
 _UPSERT = """
 INSERT INTO services (name, canary_weight, ejected, eject_reason, eject_rule, ejected_at,
-                      weight_before_eject, epoch, weight_source, config_weight)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      weight_before_eject, epoch, weight_source, config_weight, rollout)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET
     canary_weight = excluded.canary_weight, ejected = excluded.ejected,
     eject_reason = excluded.eject_reason, eject_rule = excluded.eject_rule,
     ejected_at = excluded.ejected_at, weight_before_eject = excluded.weight_before_eject,
     epoch = excluded.epoch, weight_source = excluded.weight_source,
-    config_weight = excluded.config_weight
+    config_weight = excluded.config_weight, rollout = excluded.rollout
 """
 
 _INSERT_AUDIT = "INSERT INTO audit (at, who, service, action, old, new) VALUES (?, ?, ?, ?, ?, ?)"
@@ -438,11 +444,12 @@ def _row_from_record(r: ServiceRecord) -> tuple[object, ...]:
         r.epoch,
         r.weight_source,
         r.config_weight,
+        None if r.rollout is None else json.dumps(plan_to_dict(r.rollout)),
     )
 
 
 def _record_from_row(row: tuple[object, ...]) -> ServiceRecord:
-    weight, ejected, reason, rule, ejected_at, before, epoch, source, config = row
+    weight, ejected, reason, rule, ejected_at, before, epoch, source, config, plan = row
     return ServiceRecord(
         canary_weight=_number(weight, "canary_weight"),
         ejected=bool(_integer(ejected, "ejected")),
@@ -453,6 +460,7 @@ def _record_from_row(row: tuple[object, ...]) -> ServiceRecord:
         epoch=_integer(epoch, "epoch"),
         weight_source=_source(_optional_text(source, "weight_source")),
         config_weight=None if config is None else _number(config, "config_weight"),
+        rollout=_plan(_optional_text(plan, "rollout")),
     )
 
 
@@ -464,7 +472,9 @@ _FIELDS = (
 
 def record_to_dict(record: ServiceRecord) -> dict[str, object]:
     """A record as plain JSON values (sent to workers, stored in Redis)."""
-    return {name: getattr(record, name) for name in _FIELDS}
+    data = {name: getattr(record, name) for name in _FIELDS}
+    data["rollout"] = None if record.rollout is None else plan_to_dict(record.rollout)
+    return data
 
 
 def record_from_dict(data: object) -> ServiceRecord:
@@ -473,8 +483,14 @@ def record_from_dict(data: object) -> ServiceRecord:
         raise StateError(f"a service record must be an object, got {data!r}")
     row = tuple(data.get(name) for name in _FIELDS)
     ejected = row[1]
+    plan = data.get("rollout")
     return _record_from_row(
-        (row[0], int(ejected) if isinstance(ejected, bool) else ejected, *row[2:])
+        (
+            row[0],
+            int(ejected) if isinstance(ejected, bool) else ejected,
+            *row[2:],
+            None if plan is None else json.dumps(plan),
+        )
     )
 
 
@@ -483,6 +499,15 @@ def _rule(value: str | None) -> EjectRule | None:
         return None if value is None else require(value, EJECT_RULES, "eject_rule")
     except ValueError as exc:
         raise StateError(f"column eject_rule: {exc}") from None
+
+
+def _plan(value: str | None) -> Plan | None:
+    if value is None:
+        return None
+    try:
+        return plan_from_dict(json.loads(value))
+    except ValueError as exc:  # JSONDecodeError is one
+        raise StateError(f"column rollout: {exc}") from None
 
 
 def _source(value: str | None) -> WeightSource | None:
