@@ -45,6 +45,10 @@ class Backend:
         self.peers: list[tuple[str, int]] = []
         self.health_status = 200
         self.fail_rate_every = 0  # every Nth request answers 500 (0: never)
+        self.fail_fraction = 0.0  # this share of requests answers 500, evenly spread
+        self.mark_failure_every = 0  # every Nth answer says X-Canary-Outcome: failure
+        self.marked = 0  # answers so marked
+        self.delay = 0.0  # seconds before each answer to /
         self.count = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -93,8 +97,17 @@ class Backend:
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()
         self._note(request, body=body)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.fail_rate_every and self.count % self.fail_rate_every == 0:
             return web.Response(status=500, text=f"{self.name} failed")
+        n, share = self.count, self.fail_fraction
+        if share and int(n * share) != int((n - 1) * share):
+            return web.Response(status=500, text=f"{self.name} failed")
+        headers = {}
+        if self.mark_failure_every and n % self.mark_failure_every == 0:
+            self.marked += 1
+            headers["X-Canary-Outcome"] = "failure"
         payload = {
             "backend": self.name,
             "method": request.method,
@@ -102,7 +115,7 @@ class Backend:
             "headers": list(request.headers.items()),
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }
-        return web.json_response(payload)
+        return web.json_response(payload, headers=headers)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(status=self.health_status, text="ok")
@@ -431,9 +444,16 @@ PROCESS_AUTH = {"Authorization": f"Bearer {PROCESS_TOKEN}"}
 
 
 def canary_config(
-    tmp: Path, name: str, stable: Backend, canary: Backend, weight: float, **top: Any
+    tmp: Path,
+    name: str,
+    stable: Backend,
+    canary: Backend,
+    weight: float,
+    web: dict[str, Any] | None = None,
+    **top: Any,
 ) -> Path:
-    """A config file for one service ``web`` with a stable and a canary backend."""
+    """A config file for one service ``web`` with a stable and a canary backend (and the
+    service's further keys in ``web``)."""
     config = {
         "listen": f"{LOCAL}:0",
         "admin": {"listen": f"{LOCAL}:0", "token": PROCESS_TOKEN},
@@ -445,6 +465,7 @@ def canary_config(
                 "stable": {"backends": [{"url": stable.url}]},
                 "canary": {"backends": [{"url": canary.url}]},
                 "canary_weight": weight,
+                **(web or {}),
             }
         },
         **top,
