@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -71,26 +71,38 @@ def run(config_path: str) -> None:
     "--failure-rate",
     type=click.FloatRange(0, 1),
     default=0.2,
-    help="Share of canary requests that fail.",
+    help="Share of canary requests that fail under load (--bug errors).",
 )
 @click.option(
     "--ramp-seconds",
-    type=click.FloatRange(min=1),
+    type=click.FloatRange(min=3),
     default=8.0,
-    help="Seconds between weight steps 5 → 10 → 25 → 50.",
+    help="Least seconds at each step of the rollout plan 5 → 10 → 25 → 50 → 100 (at least"
+    " 3: the canary measures its load over 3 s).",
+)
+@click.option(
+    "--bug",
+    type=click.Choice(["errors", "latency"]),
+    default="errors",
+    show_default=True,
+    help="What the canary does under load: fail (--failure-rate) or answer 300 ms late.",
 )
 @click.option("--no-traffic", is_flag=True, help="Start everything but the traffic generator.")
 def demo(
-    duration: float | None, failure_rate: float, ramp_seconds: float, no_traffic: bool
+    duration: float | None,
+    failure_rate: float,
+    ramp_seconds: float,
+    bug: Literal["errors", "latency"],
+    no_traffic: bool,
 ) -> None:
-    """A self-contained show: stable and canary backends, the proxy, traffic, ejection."""
+    """A self-contained show: a rollout plan promoted on evidence, then aborted."""
     from canaryproxy.demo.show import run_demo
 
     # Plain mode: the ejection and health flips also as JSON lines on stderr. The live view
     # shows them itself, and raw lines on the terminal would tear its redraws.
     logs.setup(logging.ERROR if sys.stdout.isatty() else logging.WARNING)
 
-    sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic)))
+    sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic, bug)))
 
 
 def _load_or_exit(path: str) -> Config:

@@ -188,11 +188,15 @@ def test_request_totals_read_the_judges_running_counts() -> None:
 def test_render_builds_a_renderable_with_the_ejection() -> None:
     console = Console(width=160, record=True, file=io.StringIO())
     st = state(ejected=True, eject_rule="comparative", eject_reason="odds 2e6:1", verdict="ejected")
-    console.print(demo_view.render(st, {"stable": 90.0}, {"stable": 190}, ["RAMP: 5 → 10 %"]))
+    console.print(
+        demo_view.render(
+            st, {"stable": 90.0}, {"stable": 190}, ["ROLLOUT progressing: step 2/5 (10 %)"]
+        )
+    )
     text = console.export_text()
     assert "EJECTED: odds 2e6:1 (rule: comparative)" in text
     assert "verdict: ejected" in text
-    assert "RAMP: 5 → 10 %" in text
+    assert "ROLLOUT progressing: step 2/5 (10 %)" in text
     assert re.search(r"stable\s*│\s*90 %\s*│\s*190\s*│\s*90", text)
 
 
@@ -205,18 +209,25 @@ def test_demo_config_is_a_valid_config_with_the_demos_choices() -> None:
     assert (config.listen.port, config.admin.listen.port, config.admin.token) == (0, 9, "tok")
     assert config.sticky.mode == "cohort"
     assert config.state.path == "x.db"
-    assert web.canary_weight == 5
+    assert web.canary_weight == 0  # the plan sets it
     assert web.canary is not None
     assert web.canary.backends[0].url == "http://127.0.0.1:2"
     assert web.health_check is not None
     assert web.health_check.interval == 1.0
-    assert (web.error_budget.alpha, web.error_budget.max_error_rate) == (1e-8, 0.10)
+    assert (web.error_budget.alpha, web.error_budget.max_error_rate) == (0.0005, 0.10)
+    assert web.rollout is not None
+    assert web.rollout.steps == (5, 10, 25, 50, 100)
+    assert (web.rollout.min_step_duration, web.rollout.auto_start) == (8.0, True)
+    assert web.outcomes.slow == 0.15
 
 
 @pytest.mark.parametrize("drive", [False, True], ids=["with-traffic", "no-traffic"])
 def test_banner_names_every_url_and_curl_lines(drive: bool) -> None:
-    text = demo.banner("http://p:1", "http://a:2", "tok", "/tmp/x/s.db", 0.2, drive)
-    assert "failing 20% of requests" in text
+    bug = demo.bug_text("errors", 0.2)
+    text = demo.banner("http://p:1", "http://a:2", "tok", "/tmp/x/s.db", bug, drive)
+    assert "failing 20% of requests once it serves over 17 requests/s" in text
+    assert demo.bug_text("latency", 0.2) == "answering 300 ms late"
+    assert "curl -s -H 'Authorization: Bearer tok' http://a:2/admin/services/web/rollout\n" in text
     for line in ["proxy    http://p:1/", "admin    http://a:2", "metrics  http://a:2/metrics"]:
         assert line in text
     assert "curl -s -H 'Authorization: Bearer tok' http://a:2/admin/services/web\n" in text
@@ -224,39 +235,60 @@ def test_banner_names_every_url_and_curl_lines(drive: bool) -> None:
     assert ("/admin/services/web/weight" in text) is drive
 
 
-class FakeAdmin:
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.weights: list[float] = []
-
-    async def set_weight(self, weight: float) -> int:
-        self.weights.append(weight)
-        return self.statuses.pop(0)
+def plan(state: str, step: int, reason: str = "", waits: list[str] | None = None) -> Any:
+    weights = [5.0, 10.0, 25.0, 50.0, 100.0]
+    return {
+        "state": state,
+        "steps": weights,
+        "step": step,
+        "weight": weights[step] if step >= 0 else None,
+        "reason": reason,
+        "waiting_for": waits or [],
+    }
 
 
 @pytest.mark.parametrize(
-    ("statuses", "weights", "last_event"),
+    ("before", "after", "events"),
     [
-        ([200, 200, 200], [10, 25, 50], "RAMP: canary weight 25 → 50 % (admin API: 200)"),
-        ([200, 409], [10, 25], "RAMP: stopped at 10 %, the canary is ejected"),
-        ([409], [10], "RAMP: stopped at 5 %, the canary is ejected"),
+        (None, plan("idle", -1), []),
+        (None, plan("progressing", 0), ["ROLLOUT progressing: step 1/5 (5 %)"]),
+        (plan("progressing", 0), plan("progressing", 0), []),
+        (
+            plan("progressing", 0),
+            plan("progressing", 1, "step 1/5 (5 %) passed: 30 canary requests"),
+            ["ROLLOUT progressing: step 2/5 (10 %) ← step 1/5 (5 %) passed: 30 canary requests"],
+        ),
+        (
+            plan("progressing", 2),
+            plan("aborted", 2, "ejected (comparative): canary errors 5 of 5"),
+            ["ROLLOUT aborted: step 3/5 (25 %) ← ejected (comparative): canary errors 5 of 5"],
+        ),
     ],
-    ids=["full-ramp", "ejected-at-10", "ejected-at-5"],
+    ids=["idle", "started", "unchanged", "promoted", "aborted"],
 )
-async def test_ramp_steps_until_the_api_says_ejected(
-    statuses: list[int], weights: list[float], last_event: str
+def test_rollout_events_say_where_the_plan_went_and_why(
+    before: Any, after: Any, events: list[str]
 ) -> None:
-    admin, events = FakeAdmin(statuses), list[str]()
-    await demo.ramp(admin, 0.0, events)
-    assert admin.weights == weights
-    assert events[-1] == last_event
-    assert len(events) == len(weights)
+    assert demo_view.rollout_events(before, after) == events
+
+
+def test_plan_line_says_what_the_step_waits_for() -> None:
+    waiting = plan("progressing", 1, waits=["3s more at this step", "≈ 12 more canary requests"])
+    assert demo_view.plan_line(waiting) == (
+        "rollout: progressing, step 2/5 (10 %), waiting for 3s more at this step"
+        " and ≈ 12 more canary requests"
+    )
+    assert demo_view.plan_line(plan("idle", -1)) == "rollout: idle"
+    assert demo_view.plan_line(None) == "rollout: -"
+    line = demo_view.status_line(state(), {}, {}, 3.0, waiting)
+    assert line.endswith("| rollout: progressing, step 2/5 (10 %), waiting for 3s more at this"
+                         " step and ≈ 12 more canary requests")  # fmt: skip
 
 
 # -- the whole demo, as a user runs it --------------------------------------------------------
-# --ramp-seconds 1: in 600 runs simulated with the real judge, the 20 %-failing canary was
-# never ejected before 2 s, so the weight is seen past 5 %, and always within 7 s.
-DEMO = [sys.executable, "-m", "canaryproxy", "demo", "--duration", "12", "--ramp-seconds", "1"]
+# --ramp-seconds 3 (the least): 5 and 10 % pass within about 8 s, and at 25 % the canary's
+# load crosses its limit within its 3 s load window, before the step could pass.
+DEMO = [sys.executable, "-m", "canaryproxy", "demo", "--duration", "20", "--ramp-seconds", "3"]
 
 
 def banner_field(lines: list[str], name: str) -> str:
@@ -293,7 +325,7 @@ async def poll_states(
     return states
 
 
-async def test_demo_ramps_and_ejects_the_failing_canary() -> None:
+async def test_demo_promotes_two_steps_on_evidence_then_aborts() -> None:
     proc = await asyncio.create_subprocess_exec(
         *DEMO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
@@ -318,10 +350,10 @@ async def test_demo_ramps_and_ejects_the_failing_canary() -> None:
 
 
 async def wait_for_ejected_metrics(url: str) -> str:
-    """The metrics page once it says the canary is ejected (or as it is after 10 s)."""
+    """The metrics page once it says the canary is ejected (or as it is after 20 s)."""
     text = ""
     async with aiohttp.ClientSession() as session:
-        for _ in range(100):
+        for _ in range(200):
             async with session.get(url) as resp:
                 text = await resp.text()
             if 'canaryproxy_canary_ejected{service="web"} 1.0' in text:
@@ -331,7 +363,11 @@ async def wait_for_ejected_metrics(url: str) -> str:
 
 
 def assert_output(lines: list[str]) -> None:
-    assert any(line.startswith("RAMP: canary weight 5 → 10 %") for line in lines), lines
+    moves = [line for line in lines if line.startswith("ROLLOUT ")]
+    assert moves[0] == "ROLLOUT progressing: step 1/5 (5 %)", lines
+    assert moves[1].startswith("ROLLOUT progressing: step 2/5 (10 %) ← step 1/5 (5 %) passed: ")
+    assert moves[2].startswith("ROLLOUT progressing: step 3/5 (25 %) ← step 2/5 (10 %) passed: ")
+    assert moves[3].startswith("ROLLOUT aborted: step 3/5 (25 %) ← ejected ("), lines
     ejected = [line for line in lines if line.startswith("EJECTED: ")]
     assert len(ejected) == 1, lines
     summary = next(line for line in lines if line.startswith("traffic: "))
@@ -345,7 +381,7 @@ def assert_output(lines: list[str]) -> None:
 def assert_states(states: list[dict[str, Any]], lines: list[str]) -> None:
     assert len(states) > 20
     weights = {s["canary_weight"] for s in states} | {s["weight_before_eject"] for s in states}
-    assert max(w for w in weights if w is not None) > 5
+    assert max(w for w in weights if w is not None) == 25
     last = states[-1]
     assert last["ejected"] is True
     assert last["canary_weight"] == 0

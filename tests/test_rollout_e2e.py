@@ -90,7 +90,8 @@ async def test_a_healthy_canary_walks_a_short_plan_to_completed_on_its_own(
         async with load(proxy.url):
 
             async def completed() -> bool:
-                return (await admin(proxy, "GET", "/rollout"))[1]["state"] == "completed"
+                plan = (await admin(proxy, "GET", "/rollout"))[1]
+                return bool(plan["state"] == "completed")
 
             await until(completed, within=30)
         _, state = await admin(proxy, "GET", "")

@@ -3,40 +3,44 @@
 What runs, all on 127.0.0.1:
 
 - a stable backend answering ``v1.0`` (5–20 ms) and a canary backend answering ``v1.1``
-  (8–30 ms) that fails ``failure_rate`` of its requests with a 500; stable fails 1 % too,
-  as real servers do, so the comparative test has something to compare against;
+  (8–30 ms) with a bug that shows only under load: once it serves more than ``LOAD_LIMIT``
+  requests a second (about a fifth of the traffic) it fails ``failure_rate`` of its
+  requests with a 500 (``--bug errors``) or answers 300 ms late (``--bug latency``);
 - the real proxy (``app.Proxy``) and its admin listener, on 8080 and 9901 (the example config's
   example ports) or, when either is taken, on ports the system picks; a generated admin
   token and cookie secret; its state file in a temp dir removed at exit;
-- 200 simulated users, 60 requests/s in all, each keeping its own sticky cookie;
-- a ramp 5 → 10 → 25 → 50 % through the admin API over HTTP, as an operator's script would
-  drive it; it stops at the 409 the API answers once the canary is ejected;
-- a view of STATE polled from the admin API: live with rich on a terminal, else plain lines
-  (a status line a second, ``RAMP: …``, ``EJECTED: <reason>``, a closing ``traffic:`` line).
+- 200 simulated users, 100 requests/s in all, each keeping its own sticky cookie;
+- the service's rollout plan 5 → 10 → 25 → 50 → 100 %, started by the proxy itself
+  (``auto_start``), each step at least ``--ramp-seconds`` long: the proxy promotes 5 and
+  10 % on their evidence, and at 25 % the canary's load crosses its limit, it fails, the
+  judge ejects it and the plan is aborted;
+- a view of STATE and of the plan polled from the admin API: live with rich on a terminal,
+  else plain lines (a status line a second, ``ROLLOUT …`` at every move of the plan with
+  its reason, ``EJECTED: <reason>``, a closing ``traffic:`` line).
 
 Why these settings: ``sticky.mode: cohort`` pins each user's bucket, so raising the weight
 moves more of this fixed crowd to the canary (in ``session`` mode only new users would
-move). The comparative test is quick: with the default ``alpha`` a 20 %-failing canary
-rarely outlives its first seconds at 5 %, and the ramp would never show. ``alpha: 1e-8`` and
-60 requests/s make it want more evidence: in 600 runs simulated with the real judge and the
-default ramp, the canary was ejected after 5–22 s, at 10 or 25 % in 98 % of them; with
-``--ramp-seconds 1``, never before 2 s. The backstop (``min_requests: 100``, 10 %) bounds
-the time whatever the luck.
+move). Both versions answer without errors below the canary's limit, so each of the first
+steps is quiet and passes on its time and requests alone (the README's "Rollouts": with
+real error rates in both pools the gate needs hundreds of failures, more than a minute of
+demo traffic). The canary's load at 10 % (about 10 requests/s) is far enough under the
+limit (17/s, measured over 3 s) that a random burst rarely trips it, and at 25 % (about 25/s)
+far enough over that it trips within a second or two. The comparative test then ejects it
+within a few failures (or slow answers: ``outcomes.slow`` is 150 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 import secrets
 import signal
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -52,6 +56,7 @@ from canaryproxy.demo.view import (
     ejection_line,
     render,
     request_totals,
+    rollout_events,
     status_line,
 )
 from canaryproxy.outcomes.accesslog import AccessLog
@@ -59,10 +64,12 @@ from canaryproxy.state.store import SqliteStateStore
 
 __all__ = ["demo_config", "run_demo"]
 
-RAMP = (5.0, 10.0, 25.0, 50.0)
-STABLE_FAILURE_RATE = 0.01
+STEPS = (5.0, 10.0, 25.0, 50.0, 100.0)
 USERS = 200
-REQUESTS_PER_SECOND = 60.0
+REQUESTS_PER_SECOND = 100.0
+LOAD_LIMIT = 17.0  # requests/s at the canary past which its bug shows
+LOAD_SPAN = 3.0  # seconds over which the canary measures its load
+BUG_DELAY = 0.3  # seconds the canary's latency bug adds
 MAX_IN_FLIGHT = 64  # past this, a slow proxy makes the generator skip rather than pile up
 PATHS = ("/", "/products", "/cart", "/search?q=boots", "/api/items/42")
 PREFERRED_PORTS = (8080, 9901)
@@ -70,7 +77,7 @@ LOCAL = "127.0.0.1"
 
 
 BANNER = """\
-canaryproxy demo: stable v1.0, canary v1.1 failing {failure:.0%} of requests
+canaryproxy demo: stable v1.0, canary v1.1 {bug} once it serves over {limit:g} requests/s
   proxy    {proxy}/
   admin    {admin}
   metrics  {admin}/metrics
@@ -78,21 +85,54 @@ canaryproxy demo: stable v1.0, canary v1.1 failing {failure:.0%} of requests
   state    {state} (removed at exit)
 try:
   curl -s {auth} {service}
+  curl -s {auth} {service}/rollout
   curl -s -X POST {auth} {json} -d '{{"canary": 5}}' {service}/restore"""
 DRIVE = """
   curl -s -X PUT {auth} {json} -d '{{"canary": 25}}' {service}/weight
+  curl -s -X POST {auth} {service}/rollout/promote
   curl -si {proxy}/"""
 
 
 # -- backends ---------------------------------------------------------------------------------
+Bug = Literal["errors", "latency"]
+
+
+class Load:
+    """Requests per second over the last ``span`` seconds, as a server would watch it."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.hits: deque[float] = deque()
+
+    def hit(self, now: float) -> float:
+        hits = self.hits
+        hits.append(now)
+        while hits[0] < now - self.span:
+            hits.popleft()
+        return len(hits) / self.span
+
+
 async def start_backend(
-    version: str, failure_rate: float, latency: tuple[float, float], rng: random.Random
+    version: str,
+    latency: tuple[float, float],
+    rng: random.Random,
+    bug: tuple[Bug, float] | None = None,
 ) -> tuple[web.AppRunner, str]:
-    """An app server of one version: every path answers after a simulated latency."""
+    """An app server of one version: every path answers after a simulated latency. With a
+    ``bug`` (its kind, and the failure rate of ``errors``) it misbehaves past LOAD_LIMIT."""
+    load, loop = Load(LOAD_SPAN), asyncio.get_running_loop()
 
     async def serve(request: web.Request) -> web.Response:
-        await asyncio.sleep(rng.uniform(*latency))
-        status = 500 if rng.random() < failure_rate else 200
+        loaded = load.hit(loop.time()) > LOAD_LIMIT
+        delay = rng.uniform(*latency)
+        status = 200
+        if bug is not None and loaded:
+            kind, rate = bug
+            if kind == "latency":
+                delay += BUG_DELAY
+            elif rng.random() < rate:
+                status = 500
+        await asyncio.sleep(delay)
         return web.Response(status=status, text=f"{version}\n", headers={"X-Version": version})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -111,14 +151,28 @@ async def start_backend(
 
 # -- the proxy --------------------------------------------------------------------------------
 def demo_config(
-    stable_url: str, canary_url: str, ports: tuple[int, int], token: str, secret: str, state: str
+    stable_url: str,
+    canary_url: str,
+    ports: tuple[int, int],
+    token: str,
+    secret: str,
+    state: str,
+    step_seconds: float = 8.0,
 ) -> Config:
     """The demo's proxy config, through the same parser as a user's file."""
-    budget = {"alpha": 1e-8, "window": "20s", "min_requests": 100, "max_error_rate": 0.10}
+    budget = {"window": "20s", "min_requests": 100, "max_error_rate": 0.10}
+    plan = {
+        "steps": list(STEPS),
+        "min_step_duration": step_seconds,
+        "min_step_requests": 20,
+        "auto_start": True,
+    }
     service = {
         "stable": {"backends": [{"url": stable_url}]},
         "canary": {"backends": [{"url": canary_url}]},
-        "canary_weight": RAMP[0],
+        "canary_weight": 0,
+        "rollout": plan,
+        "outcomes": {"slow": "150ms"},
         "timeouts": {"connect": "1s", "response": "5s"},
         "health_check": {"path": "/healthz", "interval": "1s", "timeout": "500ms"},
         "error_budget": budget,
@@ -134,12 +188,14 @@ def demo_config(
     return parse_config(data, env={})
 
 
-async def start_proxy(stable_url: str, canary_url: str, token: str, tmp: str) -> Proxy:
+async def start_proxy(
+    stable_url: str, canary_url: str, token: str, tmp: str, step_seconds: float
+) -> Proxy:
     """The proxy on the preferred ports, or on ephemeral ones when those are taken."""
     secret = secrets.token_urlsafe(32)
     for attempt, ports in enumerate((PREFERRED_PORTS, (0, 0))):
         state = os.path.join(tmp, f"state-{attempt}.db")
-        config = demo_config(stable_url, canary_url, ports, token, secret, state)
+        config = demo_config(stable_url, canary_url, ports, token, secret, state, step_seconds)
         proxy = Proxy(config, store=SqliteStateStore(state), access_log=AccessLog(None))
         try:
             await proxy.start()
@@ -152,14 +208,20 @@ async def start_proxy(stable_url: str, canary_url: str, token: str, tmp: str) ->
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def banner(proxy: str, admin: str, token: str, state: str, failure: float, drive: bool) -> str:
+def bug_text(bug: Bug, failure: float) -> str:
+    return f"answering {BUG_DELAY * 1000:.0f} ms late" if bug == "latency" else (
+        f"failing {failure:.0%} of requests"
+    )  # fmt: skip
+
+
+def banner(proxy: str, admin: str, token: str, state: str, bug: str, drive: bool) -> str:
     """What runs where, the token, and curl lines to poke at it (more with ``--no-traffic``)."""
     auth = f"-H 'Authorization: Bearer {token}'"
     json = "-H 'Content-Type: application/json'"
     service = f"{admin}/admin/services/{SERVICE}"
     return (BANNER + (DRIVE if drive else "")).format(
-        proxy=proxy, admin=admin, token=token, state=state, failure=failure, auth=auth,
-        json=json, service=service,
+        proxy=proxy, admin=admin, token=token, state=state, bug=bug, limit=LOAD_LIMIT,
+        auth=auth, json=json, service=service,
     )  # fmt: skip
 
 
@@ -247,25 +309,11 @@ class Admin:
             state: State = await resp.json()
             return state
 
-    async def set_weight(self, weight: float) -> int:
-        body = {"canary": weight}
-        async with self.session.put(f"{self.url}/weight", json=body, headers=self.headers) as r:
-            return r.status
-
-
-class WeightSetter(Protocol):
-    async def set_weight(self, weight: float) -> int: ...
-
-
-async def ramp(admin: WeightSetter, seconds: float, events: list[str]) -> None:
-    """5 → 10 → 25 → 50 %, one step every ``seconds``, until the API says the canary is out."""
-    for before, after in itertools.pairwise(RAMP):
-        await asyncio.sleep(seconds)
-        status = await admin.set_weight(after)
-        if status == 409:  # the canary is ejected: an operator's ramp stops here too
-            events.append(f"RAMP: stopped at {before:g} %, the canary is ejected")
-            return
-        events.append(f"RAMP: canary weight {before:g} → {after:g} % (admin API: {status})")
+    async def rollout(self) -> State:
+        async with self.session.get(f"{self.url}/rollout", headers=self.headers) as resp:
+            resp.raise_for_status()
+            plan: State = await resp.json()
+            return plan
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -279,9 +327,12 @@ class Watch:
         self.meter = RateMeter()
         self.loop = asyncio.get_running_loop()
         self.start = self.loop.time()
+        self.plan: State | None = None
 
     async def poll(self) -> tuple[State, dict[str, float], dict[str, int]]:
-        state = await self.admin.state()
+        state, plan = await self.admin.state(), await self.admin.rollout()
+        self.events += rollout_events(self.plan, plan)
+        self.plan = plan
         rates = self.meter.update(request_totals(state), self.loop.time())
         return state, rates, {} if self.traffic is None else self.traffic.users()
 
@@ -292,7 +343,8 @@ class Watch:
             for event in self.events[printed:]:
                 print(event, flush=True)
             printed = len(self.events)
-            print(status_line(state, rates, users, self.loop.time() - self.start), flush=True)
+            elapsed = self.loop.time() - self.start
+            print(status_line(state, rates, users, elapsed, self.plan), flush=True)
             ejection = ejection_line(state)
             if ejection is not None and not was_ejected:
                 print(ejection, flush=True)
@@ -304,7 +356,7 @@ class Watch:
     async def live(self, console: Console) -> None:
         with Live(console=console, refresh_per_second=4) as live:
             while True:
-                live.update(render(*await self.poll(), self.events))
+                live.update(render(*await self.poll(), self.events, self.plan))
                 await asyncio.sleep(0.5)
 
 
@@ -338,40 +390,50 @@ async def run_until_stopped(jobs: list[Coroutine[Any, Any, None]], duration: flo
 
 
 async def start_all(
-    stack: AsyncExitStack, failure_rate: float, token: str, tmp: str, rng: random.Random
+    stack: AsyncExitStack,
+    bug: tuple[Bug, float],
+    step_seconds: float,
+    token: str,
+    tmp: str,
+    rng: random.Random,
 ) -> Proxy:
     """Both backends, then the proxy in front of them; ``stack`` stops them in reverse."""
     urls = []
-    for version, rate, latency in (
-        ("v1.0", STABLE_FAILURE_RATE, (0.005, 0.020)),
-        ("v1.1", failure_rate, (0.008, 0.030)),
+    for version, latency, its_bug in (
+        ("v1.0", (0.005, 0.020), None),
+        ("v1.1", (0.008, 0.030), bug),
     ):
-        runner, url = await start_backend(version, rate, latency, rng)
+        runner, url = await start_backend(version, latency, rng, its_bug)
         stack.push_async_callback(runner.cleanup)
         urls.append(url)
-    proxy = await start_proxy(urls[0], urls[1], token, tmp)
+    proxy = await start_proxy(urls[0], urls[1], token, tmp, step_seconds)
     stack.push_async_callback(proxy.stop)
     return proxy
 
 
 async def run_demo(
-    duration: float | None, failure_rate: float, ramp_seconds: float, no_traffic: bool
+    duration: float | None,
+    failure_rate: float,
+    ramp_seconds: float,
+    no_traffic: bool,
+    bug: Bug = "errors",
 ) -> int:
     rng, token = random.Random(), secrets.token_urlsafe(18)
     with tempfile.TemporaryDirectory(prefix="canaryproxy-demo-") as tmp:
         async with AsyncExitStack() as stack:
-            proxy = await start_all(stack, failure_rate, token, tmp, rng)
+            proxy = await start_all(stack, (bug, failure_rate), ramp_seconds, token, tmp, rng)
             proxy_url = f"http://{LOCAL}:{proxy.proxy_address[1]}"
             admin_url = f"http://{LOCAL}:{proxy.admin_address[1]}"
             state = proxy.config.state.path
-            print(banner(proxy_url, admin_url, token, state, failure_rate, no_traffic), flush=True)
+            what = bug_text(bug, failure_rate)
+            print(banner(proxy_url, admin_url, token, state, what, no_traffic), flush=True)
             traffic = None if no_traffic else Traffic(proxy_url, proxy.config.sticky.cookie, rng)
             session = await stack.enter_async_context(aiohttp.ClientSession())
             admin, events = Admin(session, admin_url, token), list[str]()
             watch, console = Watch(admin, traffic, events), Console()
             jobs = [watch.live(console) if console.is_terminal else watch.plain()]
             if traffic is not None:
-                jobs += [traffic.run(), ramp(admin, ramp_seconds, events)]
+                jobs.append(traffic.run())
             await run_until_stopped(jobs, duration)
             if traffic is not None:
                 print(traffic.summary(), flush=True)

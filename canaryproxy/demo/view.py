@@ -87,8 +87,42 @@ def ejection_line(state: State) -> str | None:
     return f"EJECTED: {state['eject_reason']} (rule: {state['eject_rule']})"
 
 
+def where(plan: State) -> str:
+    """``step 2/5 (10 %)`` of a rollout plan (as GET …/rollout answers it)."""
+    steps, step = plan["steps"], plan["step"]
+    if step < 0:
+        return "no step"
+    return f"step {step + 1}/{len(steps)} ({float(plan['weight']):g} %)"
+
+
+def plan_line(plan: State | None) -> str:
+    """The rollout in one line: its state, its step, and what the step waits for."""
+    if plan is None:
+        return "rollout: -"
+    line = f"rollout: {plan['state']}"
+    if plan["step"] >= 0:
+        line += f", {where(plan)}"
+    waits = plan.get("waiting_for") or []
+    if waits:
+        line += ", waiting for " + " and ".join(waits)
+    return line
+
+
+def rollout_events(before: State | None, after: State) -> list[str]:
+    """A line for each move of the plan between two reads: where it went, and why."""
+    if before is None:
+        return [] if after["state"] == "idle" else [f"ROLLOUT {after['state']}: {where(after)}"]
+    if (before["state"], before["step"]) == (after["state"], after["step"]):
+        return []
+    return [f"ROLLOUT {after['state']}: {where(after)} ← {after['reason']}"]
+
+
 def status_line(
-    state: State, rates: Mapping[str, float], users: Mapping[str, int], elapsed: float
+    state: State,
+    rates: Mapping[str, float],
+    users: Mapping[str, int],
+    elapsed: float,
+    plan: State | None = None,
 ) -> str:
     """The plain-text view, one line a second."""
     line = f"[{elapsed:3.0f}s] {state['verdict']}, canary weight {state['canary_weight']:g} %"
@@ -99,11 +133,16 @@ def status_line(
             f"p50 {c['p50']}, p99 {c['p99']}, {c['up']} up"
         )
     ev = state.get("evidence") or {}
-    return line + (f" | odds {ev['odds']}, ejects at {ev['threshold_odds']}" if ev else "")
+    line += f" | odds {ev['odds']}, ejects at {ev['threshold_odds']}" if ev else ""
+    return line if plan is None else f"{line} | {plan_line(plan)}"
 
 
 def render(
-    state: State, rates: Mapping[str, float], users: Mapping[str, int], events: list[str]
+    state: State,
+    rates: Mapping[str, float],
+    users: Mapping[str, int],
+    events: list[str],
+    plan: State | None = None,
 ) -> RenderableType:
     """The live view: a row per pool, the verdict, its evidence, the ejection, recent events."""
     table = Table(title=f"service {SERVICE}", title_justify="left")
@@ -120,6 +159,8 @@ def render(
         Text(f"verdict: {verdict}", style=VERDICT_STYLES.get(verdict, "cyan")),
         Text(evidence_line(state)),
     ]
+    if plan is not None:
+        parts.append(Text(plan_line(plan), style="cyan"))
     ejection = ejection_line(state)
     if ejection is not None:
         parts.append(Text(ejection, style="bold red"))
