@@ -1,7 +1,7 @@
 """``python -m benchmarks``: canaryproxy against nginx and a direct backend, with wrk.
 
     python -m benchmarks [--duration 5] [--rounds 2] [--quick] [--only canaryproxy,nginx,direct]
-                         [--cookies] [--tls] [--workers 1,2] [--json PATH]
+                         [--cookies] [--outcomes] [--tls] [--workers 1,2] [--json PATH]
                          [--proxy-core 0] [--load-core 1]
 
 See benchmarks/README.md for what is measured and how processes are pinned.
@@ -67,6 +67,7 @@ class Settings:
     load_core: int
     json_path: str | None
     workers: tuple[int, ...] = ()
+    outcomes: bool = False
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -81,6 +82,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--cookies",
         action="store_true",
         help="also run canaryproxy with a valid sticky cookie (canaryproxy+cookie)",
+    )
+    parser.add_argument(
+        "--outcomes",
+        action="store_true",
+        help="also run canaryproxy with the service's outcomes on: a failure header, a"
+        " failure status and a slow threshold (canaryproxy+outcomes)",
     )
     parser.add_argument(
         "--tls",
@@ -124,6 +131,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         load_core=args.load_core,
         json_path=args.json_path,
         workers=workers,
+        outcomes=args.outcomes,
     )
 
 
@@ -169,6 +177,14 @@ def canaryproxy_targets(
     # to the log-off row is what the canary machinery costs per request.
     stable_only = {"web": {"stable": {"backends": [{"url": f"http://{HOST}:{backend[0]}"}]}}}
     variants.append(("canaryproxy/stable-only", {**access_log_switch(), "services": stable_only}))
+    if settings.outcomes:
+        # Every response's head scanned for the failure header, its status looked up, its
+        # head latency compared with slow (which none reaches here: no slow test event).
+        outcomes = {"header": "X-Canary-Outcome", "failure_statuses": [429], "slow": "1s"}
+        web = canaryproxy_config(tmp, backend, {})["services"]
+        assert isinstance(web, dict)
+        with_outcomes = {"web": {**web["web"], "outcomes": outcomes}}
+        variants.append(("canaryproxy+outcomes", {"services": with_outcomes}))
     targets = []
     for name, extra in variants:
         workdir = tmp / name.replace("/", "-")

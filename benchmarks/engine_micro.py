@@ -75,11 +75,16 @@ class FakeTransport:
         self.closing = True
 
 
-def scenario_config(canary: bool, access_log: bool) -> Any:
+OUTCOMES = {"header": "X-Canary-Outcome", "failure_statuses": [429], "slow": "1s"}
+
+
+def scenario_config(canary: bool, access_log: bool, outcomes: bool = False) -> Any:
     service: dict[str, Any] = {"stable": {"backends": [{"url": "http://127.0.0.1:9001"}]}}
     if canary:
         service["canary"] = {"backends": [{"url": "http://127.0.0.1:9002"}]}
         service["canary_weight"] = 5
+    if outcomes:
+        service["outcomes"] = OUTCOMES
     return parse_config(
         {
             "listen": "127.0.0.1:0",
@@ -99,9 +104,16 @@ class NullStream:
         pass
 
 
-async def run(canary: bool, access_log: bool, cookie: bool, n: int, role: Role = "single") -> float:
+async def run(
+    canary: bool,
+    access_log: bool,
+    cookie: bool,
+    n: int,
+    role: Role = "single",
+    outcomes: bool = False,
+) -> float:
     log = AccessLog(NullStream() if access_log else None)  # type: ignore[arg-type]
-    config = scenario_config(canary, access_log)
+    config = scenario_config(canary, access_log, outcomes)
     proxy = Proxy(config, store=MemoryStateStore(), access_log=log, role=role)
     down = Downstream(proxy.ctx)
     down.connection_made(FakeTransport(("127.0.0.1", 50000)))  # type: ignore[arg-type]
@@ -139,18 +151,21 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50_000, help="requests per scenario")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many")
     args = parser.parse_args()
-    scenarios: list[tuple[str, bool, bool, bool, Role]] = [
-        ("stable only, access log off", False, False, False, "single"),
-        ("stable only, access log on", False, True, False, "single"),
-        ("canary 5 %, new user (cookie signed)", True, True, False, "single"),
-        ("canary 5 %, returning user (cookie verified)", True, True, True, "single"),
+    scenarios: list[tuple[str, bool, bool, bool, Role, bool]] = [
+        ("stable only, access log off", False, False, False, "single", False),
+        ("stable only, access log on", False, True, False, "single", False),
+        ("canary 5 %, new user (cookie signed)", True, True, False, "single", False),
+        ("canary 5 %, returning user (cookie verified)", True, True, True, "single", False),
         # A worker's request path: outcomes counted for the supervisor's judge.
-        ("canary 5 %, new user, in a worker", True, True, False, "worker"),
+        ("canary 5 %, new user, in a worker", True, True, False, "worker", False),
+        # The failure header looked for, the status looked up, the head latency compared.
+        ("canary 5 %, new user, outcomes on", True, True, False, "single", True),
     ]
     print(f"{'scenario':<48} {'µs/request':>10}  (best of {args.rounds} × {args.n:,})")
-    for name, canary, access, cookie, role in scenarios:
+    for name, canary, access, cookie, role, outcomes in scenarios:
         best = min(
-            asyncio.run(run(canary, access, cookie, args.n, role)) for _ in range(args.rounds)
+            asyncio.run(run(canary, access, cookie, args.n, role, outcomes))
+            for _ in range(args.rounds)
         )
         print(f"{name:<48} {best:>10.2f}")
 
