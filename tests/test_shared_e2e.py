@@ -195,3 +195,46 @@ async def test_an_instance_with_workers_follows_and_pools_through_its_supervisor
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 30) == 0
+
+
+async def test_a_rollout_started_on_one_instance_is_walked_once_by_both(
+    tmp_path: Path, shared: RedisServer, pools: tuple[Backend, Backend]
+) -> None:
+    stable, canary = pools
+    plan = {"rollout": {"steps": [20, 60, 100], "min_step_duration": "1s", "min_step_requests": 20}}
+    paths = [
+        canary_config(
+            tmp_path,
+            name,
+            stable,
+            canary,
+            0,
+            web=plan,
+            state={"redis": shared.url, "instance": name},
+        )
+        for name in ("a", "b")
+    ]
+    procs = [await asyncio.to_thread(ProxyProcess(p).start) for p in paths]
+    async with aiohttp.ClientSession() as session:
+        a, b = Instance(procs[0], session), Instance(procs[1], session)
+        try:
+            status, started = await a.change("POST", "/rollout/start", {})
+            assert (status, started["weight"]) == (200, 20.0)
+
+            async def b_follows() -> bool:
+                return bool((await b.state())["canary_weight"] == 20)
+
+            assert await until(b_follows, within=1.0) < 1.0
+
+            async def completed() -> bool:
+                await asyncio.gather(a.get(40), b.get(40))
+                state = (await b.state(), await a.state())
+                return all(s["canary_weight"] == 100 for s in state)
+
+            await until(completed, within=30)
+        finally:
+            for client in (a, b):
+                assert await client.stop() == 0
+    actions = [e["action"] for e in audit(shared) if e["action"].startswith("rollout:")]
+    # each move written once, by whichever instance decided it first
+    assert actions == ["rollout:start", "rollout:promote", "rollout:complete"]

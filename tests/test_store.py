@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from canaryproxy.decide import rollout
 from canaryproxy.state.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -19,6 +21,8 @@ from canaryproxy.state.store import (
     SqliteStateStore,
     StateError,
     StateStore,
+    record_from_dict,
+    record_to_dict,
 )
 
 SERVING = ServiceRecord(
@@ -322,6 +326,51 @@ def test_a_file_of_the_first_schema_is_migrated_and_keeps_its_rows(tmp_path: Pat
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()
+
+
+def test_a_file_of_schema_two_gains_the_rollout_column_and_keeps_its_plans(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "v2.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("ALTER TABLE services ADD COLUMN weight_source TEXT")
+    conn.execute("ALTER TABLE services ADD COLUMN config_weight REAL")
+    conn.execute(
+        "INSERT INTO services VALUES ('web', 10.0, 0, NULL, NULL, NULL, NULL, 1, 'admin', 5)"
+    )
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    store = SqliteStateStore(path)
+    try:
+        assert store.load()["web"].rollout is None  # never started
+        plan = rollout.pause(rollout.start(rollout.IDLE, (5.0, 10.0, 100.0), 100.0), 160.0, "x")
+        record = ServiceRecord(10.0, False, None, None, None, None, 1, "rollout", 5.0, plan)
+        store.save("web", record, AuditEntry(1.0, "op", "web", "rollout:pause", "a", "b"))
+    finally:
+        store.close()
+    reopened = SqliteStateStore(path)
+    try:
+        assert reopened.load()["web"].rollout == plan  # state, step and time served
+        assert record_from_dict(json.loads(json.dumps(record_to_dict(record)))) == record
+    finally:
+        reopened.close()
+
+
+def test_a_bad_rollout_plan_in_a_row_is_a_state_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    SqliteStateStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO services VALUES ('web', 5.0, 0, NULL, NULL, NULL, NULL, 0, 'config', 5.0,"
+        ' \'{"state": "flying"}\')'
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateError, match="column rollout: unknown rollout state 'flying'"):
+        SqliteStateStore(path).load()
 
 
 def test_an_unknown_weight_source_in_a_row_is_a_state_error(tmp_path: Path) -> None:
