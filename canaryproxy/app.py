@@ -123,7 +123,7 @@ class Proxy:
         )
         self.server = ProxyServer(self.ctx)
         self.tls = tls_context(config.tls) if config.tls is not None else None
-        self.controller = Controller(self.services)
+        self.controller = Controller(self.services, self.keeper)
         self.loops = Loops(self.tick, self.clocks.rng, lambda: self.services.advance_rollouts())
         self.sharing: Sharing | None = None
         if isinstance(self.keeper, SharedState) and role != "worker":

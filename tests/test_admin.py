@@ -107,6 +107,11 @@ class FakeController:
         s.weight = weight if weight is not None else (s.before or 0.0)
         return self.service_state(name)
 
+    async def audit(self, limit: int) -> list[dict[str, object]]:
+        row = {"at": 1.5, "time": "1970-01-01T00:00:01.500Z", "who": "127.0.0.1"}
+        more = {"service": "web", "action": "set_weight", "old": "5", "new": "10"}
+        return [{**row, **more, "evidence": None}][:limit]
+
     def rollout_state(self, name: str) -> dict[str, object]:
         return {
             "service": name,

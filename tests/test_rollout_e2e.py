@@ -105,6 +105,13 @@ async def test_a_healthy_canary_walks_a_short_plan_to_completed_on_its_own(
         assert actions == ["rollout:start", "rollout:promote", "rollout:complete"]
         promoted = store.audit_log("web")[1]
         assert promoted.new == "progressing step 2/3 (50 %)"
+        assert promoted.evidence is not None
+        assert promoted.evidence["shown"] is True  # the gate's evidence, kept with the row
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{proxy.admin_url}/admin/audit?limit=0", headers=AUTH) as bad,
+        ):
+            assert bad.status == 400
         before = stable.count
         async with aiohttp.ClientSession() as session:
             for _ in range(50):  # every new user now goes to the canary
@@ -132,6 +139,16 @@ async def test_a_failing_canary_is_aborted_and_ejected(pools: tuple[Backend, Bac
         assert state["ejected"] is True
         assert state["eject_rule"] in ("comparative", "backstop")
         assert await metric(proxy, 'canaryproxy_rollout_state{service="web",state="aborted"}') == 1
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{proxy.admin_url}/admin/audit?limit=1", headers=AUTH) as resp,
+        ):
+            (row,) = (await resp.json())["audit"]
+        assert row["action"] == f"eject:{state['eject_rule']}"
+        assert (row["who"], row["service"]) == ("canaryproxy", "web")
+        assert rollout["reason"] == f"ejected ({state['eject_rule']}): {row['new']}"
+        assert row["evidence"]["canary"]["errors"] > 0  # the numbers it rested on
+        assert row["time"].endswith("Z")
 
 
 async def test_the_outcome_header_is_counted_and_never_reaches_the_client(

@@ -157,8 +157,8 @@ async def test_two_instances_racing_one_change_one_wins(redis_server: RedisServe
             await b.set_weight(web_b, 50, "op2")
         assert web_b.canary_weight == 0
         assert (await a.fetch() or {})["web"][1].canary_weight == 10
-        rows = await a.audit_rows()
-        assert [(r["who"], r["new"]) for r in rows] == [("op1@a", "10")]
+        rows = await a.audit()
+        assert [(r.who, r.new) for r in rows] == [("op1@a", "10")]
     finally:
         await a.close()
         await b.close()

@@ -63,6 +63,8 @@ class AdminController(Protocol):
 
     def rollout_state(self, name: str) -> State: ...
 
+    async def audit(self, limit: int) -> list[State]: ...
+
     async def rollout(
         self, name: str, action: str, steps: tuple[float, ...] | None, reason: str | None, who: str
     ) -> State: ...
@@ -109,6 +111,7 @@ def build_admin_app(
     app.router.add_get("/admin/services/{name}/rollout", _get_rollout)
     for action in ROLLOUT_BODIES:
         app.router.add_post(f"/admin/services/{{name}}/rollout/{action}", _post_rollout)
+    app.router.add_get("/admin/audit", _get_audit)
     app.router.add_get("/admin/openapi.json", _openapi)
     return app
 
@@ -256,6 +259,17 @@ async def _post_restore(request: web.Request) -> web.Response:
     body = await _read_object(request, ("canary",)) or {}
     weight = _weight(body["canary"]) if "canary" in body else None
     return await _change(name, controller.restore(name, weight, _who(request)))
+
+
+MAX_AUDIT_ROWS = 1000
+
+
+async def _get_audit(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_AUDIT_ROWS:
+        raise _ApiError(400, f"limit: must be a whole number from 1 to {MAX_AUDIT_ROWS}")
+    rows = await request.app[_SETTINGS].controller.audit(int(raw))
+    return web.json_response({"audit": rows})
 
 
 async def _get_rollout(request: web.Request) -> web.Response:

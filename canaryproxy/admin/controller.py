@@ -1,5 +1,5 @@
-"""What the admin API can read and change: STATE per service, weight, eject, restore, and
-the rollout plan.
+"""What the admin API can read and change: STATE per service, weight, eject, restore, the
+rollout plan, and the audit log.
 
 Implements ``admin.AdminController`` over the current ``Services`` table (swapped whole on
 reload by ``Proxy.install``); every change is the service's own, persisted first.
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from canaryproxy.state.runtime import Conflict
+from canaryproxy.state.runtime import Conflict, RuntimeState
+from canaryproxy.state.store import audit_to_dict
 
 if TYPE_CHECKING:
     from canaryproxy.runtime.service import Services
@@ -21,8 +22,9 @@ State = dict[str, object]
 
 
 class Controller:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, keeper: RuntimeState) -> None:
         self.services = services  # replaced as a whole on reload
+        self.keeper = keeper
 
     def service_names(self) -> Sequence[str]:
         return self.services.names()
@@ -64,6 +66,10 @@ class Controller:
         else:
             raise ValueError(f"unknown rollout action {action!r}")
         return self.services.get(name).rollout_state()
+
+    async def audit(self, limit: int) -> list[State]:
+        """The newest ``limit`` audit rows, newest first."""
+        return [audit_to_dict(entry) for entry in await self.keeper.audit(limit)]
 
     def _state_after(self, name: str) -> State:
         """STATE once a change is saved, from the table in force then: a reload may have

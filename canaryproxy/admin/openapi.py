@@ -176,6 +176,22 @@ _PATHS: Schema = {
     "/admin/services/{name}/rollout/abort": {
         "post": _write("Abort the plan: ejects the canary.", "EjectBody", False, "Rollout")
     },
+    "/admin/audit": {
+        "get": {
+            "summary": "The newest audit rows: time, who, what, old → new, evidence.",
+            "security": _BEARER,
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": "How many rows (newest first); default 50.",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                }
+            ],
+            "responses": _admin_responses(_json(_ref("AuditList"), "Newest first."), "400"),
+        }
+    },
     "/admin/openapi.json": {
         "get": {
             "summary": "This document.",
@@ -361,6 +377,25 @@ _SCHEMAS: Schema = {
                 "items": {**_WEIGHT, "exclusiveMinimum": 0},
                 "description": "Canary weight of each step, strictly increasing (else 400).",
             },
+        },
+    },
+    "AuditList": {
+        "type": "object",
+        "required": ["audit"],
+        "properties": {"audit": {"type": "array", "items": _ref("AuditRow")}},
+    },
+    "AuditRow": {
+        "type": "object",
+        "required": ["at", "time", "who", "service", "action", "old", "new", "evidence"],
+        "properties": {
+            "at": {"type": "number", "description": "Seconds since the epoch."},
+            "time": {"type": "string", "description": "The same, ISO 8601 UTC."},
+            "who": {"type": "string", "description": "Client address, or canaryproxy/config."},
+            "service": {"type": "string"},
+            "action": {"type": "string", "description": "set_weight, eject:RULE, rollout:…"},
+            "old": {"type": "string"},
+            "new": {"type": "string"},
+            "evidence": {"type": ["object", "null"]},
         },
     },
     "Rollout": {

@@ -296,7 +296,8 @@ class Service:
 
     def _ejected_by_judge(self, ejection: Ejection) -> None:
         plan = self.knobs.rollout
-        if not self.env.keeper.eject_now(self.knobs, ejection.rule, ejection.reason):
+        keeper = self.env.keeper
+        if not keeper.eject_now(self.knobs, ejection.rule, ejection.reason, ejection.evidence):
             return
         self._show_ejected(ejection.rule)
         self._rollout_moved(plan, ejection.evidence)
@@ -454,7 +455,7 @@ class Service:
         evidence: Mapping[str, object] | None = None,
     ) -> None:
         old = self.knobs.rollout
-        await self.env.keeper.change_rollout(self.knobs, plan, weight, who, action)
+        await self.env.keeper.change_rollout(self.knobs, plan, weight, who, action, evidence)
         self.metrics.set_weight(self.effective_weight)
         self._rollout_moved(old, evidence)
 

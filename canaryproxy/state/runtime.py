@@ -171,7 +171,13 @@ class RuntimeState:
         return replace(new, rollout=pause(state.rollout, self.clock(), reason)), "; rollout paused"
 
     async def change_rollout(
-        self, state: ServiceState, plan: Plan, weight: float | None, who: str, action: str
+        self,
+        state: ServiceState,
+        plan: Plan,
+        weight: float | None,
+        who: str,
+        action: str,
+        evidence: Mapping[str, object] | None = None,
     ) -> None:
         """Commit a rollout transition (and the weight its step holds, set by ``rollout``)."""
         async with self._lock:
@@ -181,7 +187,8 @@ class RuntimeState:
             if weight is not None:
                 new = replace(new, canary_weight=weight, weight_source="rollout")
             old = describe_plan(state.rollout)
-            await self._commit(state, new, who, f"rollout:{action}", old, describe_plan(plan))
+            to = describe_plan(plan)
+            await self._commit(state, new, who, f"rollout:{action}", old, to, evidence)
 
     async def eject(self, state: ServiceState, rule: EjectRule, reason: str, who: str) -> None:
         async with self._lock:
@@ -210,7 +217,13 @@ class RuntimeState:
             await self._commit(state, new, who, "restore", old, _fmt(new.canary_weight))
 
     # automatic ejection: applied at once, persisted right after ------------------------------
-    def eject_now(self, state: ServiceState, rule: EjectRule, reason: str) -> bool:
+    def eject_now(
+        self,
+        state: ServiceState,
+        rule: EjectRule,
+        reason: str,
+        evidence: Mapping[str, object] | None = None,
+    ) -> bool:
         """Eject from the request path; False if it already was.
 
         Applied at once, then committed right here, synchronously: an ejection is rare, and
@@ -222,7 +235,9 @@ class RuntimeState:
         name = state.name
         old_weight = state.canary_weight
         state.apply(self._ejected_record(state, rule, reason))
-        audit = self._audit("canaryproxy", name, f"eject:{rule}", _fmt(old_weight), reason)
+        audit = self._audit(
+            "canaryproxy", name, f"eject:{rule}", _fmt(old_weight), reason, evidence
+        )
         self._save_ejection(name, state.record(), audit)
         return True
 
@@ -245,6 +260,10 @@ class RuntimeState:
                 await asyncio.to_thread(self.store.save, name, record, audit)
             except Exception:
                 log.exception("could not persist ejection", extra={"service": name})
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest ``limit`` audit rows of every service, newest first."""
+        return await asyncio.to_thread(self.store.audit_log, None, limit)
 
     async def flush(self) -> None:
         """Wait for background commits (called on shutdown)."""
@@ -271,9 +290,16 @@ class RuntimeState:
         return record
 
     async def _commit(
-        self, state: ServiceState, new: ServiceRecord, who: str, action: str, old: str, to: str
+        self,
+        state: ServiceState,
+        new: ServiceRecord,
+        who: str,
+        action: str,
+        old: str,
+        to: str,
+        evidence: Mapping[str, object] | None = None,
     ) -> None:
-        audit = self._audit(who, state.name, action, old, to)
+        audit = self._audit(who, state.name, action, old, to, evidence)
         before = state.record()
         await self._save(state, new, audit)
         if state.record() != before:
@@ -292,10 +318,16 @@ class RuntimeState:
         """Write an operator's change (or the file's weight); raises if it was not written."""
         await asyncio.to_thread(self.store.save, state.name, new, audit)
 
-    def _audit(self, who: str, service: str, action: str, old: str, new: str) -> AuditEntry:
-        return AuditEntry(
-            at=self.clock(), who=who, service=service, action=action, old=old, new=new
-        )
+    def _audit(
+        self,
+        who: str,
+        service: str,
+        action: str,
+        old: str,
+        new: str,
+        evidence: Mapping[str, object] | None = None,
+    ) -> AuditEntry:
+        return AuditEntry(self.clock(), who, service, action, old, new, evidence)
 
 
 def _fmt(weight: float) -> str:

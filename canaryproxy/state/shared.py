@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,6 +36,8 @@ from canaryproxy.state.store import (
     ServiceRecord,
     StateError,
     StoreUnavailable,
+    audit_from_dict,
+    audit_to_dict,
     record_from_dict,
     record_to_dict,
 )
@@ -145,8 +147,16 @@ class SharedState(RuntimeState):
         self.pending[name] = (record, audit)
         self._in_background(self.write_pending())
 
-    def _audit(self, who: str, service: str, action: str, old: str, new: str) -> AuditEntry:
-        return super()._audit(f"{who}@{self.instance}", service, action, old, new)
+    def _audit(
+        self,
+        who: str,
+        service: str,
+        action: str,
+        old: str,
+        new: str,
+        evidence: Mapping[str, object] | None = None,
+    ) -> AuditEntry:
+        return super()._audit(f"{who}@{self.instance}", service, action, old, new, evidence)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -229,9 +239,20 @@ class SharedState(RuntimeState):
                 out.append((name, entry_id, int(fields["e"]), json.loads(fields["r"])))
         return out
 
-    async def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows: Any = await self.client.xrevrange(AUDIT, count=limit)
-        return [json.loads(fields["entry"]) for _, fields in rows]
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest ``limit`` audit rows of every instance, newest first."""
+        try:
+            rows: Any = await self.client.xrevrange(AUDIT, count=max(limit, 1))
+        except RedisError as exc:
+            self._mark(False, exc)
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        out = []
+        for _, fields in rows:
+            try:
+                out.append(audit_from_dict(json.loads(fields["entry"])))
+            except (ValueError, KeyError, StateError) as exc:
+                log.error("bad audit row in Redis", extra={"error": str(exc)})
+        return out[: max(limit, 0)]
 
     async def _run(self, script: Any, args: list[Any]) -> tuple[bool, str]:
         try:
@@ -270,8 +291,9 @@ def _json(record: ServiceRecord) -> str:
 
 
 def _audit_json(a: AuditEntry) -> str:
-    entry = {"at": a.at, "who": a.who, "service": a.service, "action": a.action}
-    return json.dumps({**entry, "old": a.old, "new": a.new}, separators=(",", ":"))
+    entry = audit_to_dict(a)
+    del entry["time"]  # derived from "at" when read
+    return json.dumps(entry, separators=(",", ":"))
 
 
 def _parse_entry(entry: str) -> tuple[int, ServiceRecord]:

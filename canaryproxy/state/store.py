@@ -22,7 +22,9 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +45,8 @@ __all__ = [
     "StateError",
     "StateStore",
     "StoreUnavailable",
+    "audit_from_dict",
+    "audit_to_dict",
     "record_from_dict",
     "record_to_dict",
 ]
@@ -74,7 +78,8 @@ CREATE TABLE audit (
     service TEXT NOT NULL,
     action TEXT NOT NULL,
     old TEXT NOT NULL,
-    new TEXT NOT NULL
+    new TEXT NOT NULL,
+    evidence TEXT
 );
 CREATE INDEX audit_by_service ON audit (service, id);
 """
@@ -89,7 +94,11 @@ _MIGRATIONS = {
         "ALTER TABLE services ADD COLUMN config_weight REAL",
     ),
     # The rollout plan (JSON: state, steps, step, elapsed, since, reason); NULL: never started.
-    2: ("ALTER TABLE services ADD COLUMN rollout TEXT",),
+    # ... and the numbers an automatic change rested on (JSON), for GET /admin/audit.
+    2: (
+        "ALTER TABLE services ADD COLUMN rollout TEXT",
+        "ALTER TABLE audit ADD COLUMN evidence TEXT",
+    ),
 }
 
 
@@ -122,7 +131,8 @@ class ServiceRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One change: when (wall clock), who (client address or "canaryproxy"), what, old → new."""
+    """One change: when (wall clock), who (client address or "canaryproxy"), what, old → new,
+    and for a change the proxy decided, the evidence it rested on (JSON values)."""
 
     at: float
     who: str
@@ -130,6 +140,32 @@ class AuditEntry:
     action: str
     old: str
     new: str
+    evidence: Mapping[str, object] | None = None
+
+
+def audit_to_dict(entry: AuditEntry) -> dict[str, object]:
+    """An audit row as plain JSON values (the admin API, Redis), with its time also in
+    ISO 8601 UTC."""
+    when = datetime.fromtimestamp(entry.at, UTC).isoformat(timespec="milliseconds")
+    return {
+        "at": entry.at,
+        "time": when.replace("+00:00", "Z"),
+        "who": entry.who,
+        "service": entry.service,
+        "action": entry.action,
+        "old": entry.old,
+        "new": entry.new,
+        "evidence": None if entry.evidence is None else dict(entry.evidence),
+    }
+
+
+def audit_from_dict(data: object) -> AuditEntry:
+    """An audit row read back from JSON (Redis); StateError if it is not one."""
+    if not isinstance(data, dict):
+        raise StateError(f"an audit row must be an object, got {data!r}")
+    evidence = data.get("evidence")
+    row = tuple(data.get(k) for k in ("at", "who", "service", "action", "old", "new"))
+    return _audit_from_row((*row, None if evidence is None else json.dumps(evidence)))
 
 
 class StateStore(Protocol):
@@ -271,7 +307,7 @@ class SqliteStateStore:
     def audit_log(self, service: str | None = None, limit: int = 100) -> list[AuditEntry]:
         where, params = ("WHERE service = ?", (service,)) if service is not None else ("", ())
         rows = self._query(
-            f"SELECT at, who, service, action, old, new FROM audit {where}"
+            f"SELECT at, who, service, action, old, new, evidence FROM audit {where}"
             " ORDER BY id DESC LIMIT ?",
             (*params, max(limit, 0)),
         )
@@ -304,7 +340,9 @@ ON CONFLICT (name) DO UPDATE SET
     config_weight = excluded.config_weight, rollout = excluded.rollout
 """
 
-_INSERT_AUDIT = "INSERT INTO audit (at, who, service, action, old, new) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_AUDIT = (
+    "INSERT INTO audit (at, who, service, action, old, new, evidence) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -544,7 +582,7 @@ def _text(value: object, column: str) -> str:
 
 
 def _audit_from_row(row: tuple[object, ...]) -> AuditEntry:
-    at, who, service, action, old, new = row
+    at, who, service, action, old, new, evidence = row
     return AuditEntry(
         at=_number(at, "at"),
         who=_text(who, "who"),
@@ -552,8 +590,22 @@ def _audit_from_row(row: tuple[object, ...]) -> AuditEntry:
         action=_text(action, "action"),
         old=_text(old, "old"),
         new=_text(new, "new"),
+        evidence=_evidence(_optional_text(evidence, "evidence")),
     )
 
 
+def _evidence(value: str | None) -> dict[str, object] | None:
+    if value is None:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise StateError(f"column evidence: not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StateError(f"column evidence: expected an object, got {data!r}")
+    return data
+
+
 def _row_from_audit(a: AuditEntry) -> tuple[object, ...]:
-    return (a.at, a.who, a.service, a.action, a.old, a.new)
+    evidence = None if a.evidence is None else json.dumps(a.evidence, separators=(",", ":"))
+    return (a.at, a.who, a.service, a.action, a.old, a.new, evidence)
