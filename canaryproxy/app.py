@@ -32,6 +32,7 @@ from canaryproxy.admin.controller import Controller
 from canaryproxy.config.load import (
     Config,
     ConfigError,
+    NotifyConfig,
     load_config,
     redacted_url,
     tls_context,
@@ -42,6 +43,7 @@ from canaryproxy.outcomes.accesslog import AccessLog
 from canaryproxy.outcomes.metrics import Metrics
 from canaryproxy.outcomes.recorder import Recorder
 from canaryproxy.runtime.loops import Loops
+from canaryproxy.runtime.notify import Notice, Notifier
 from canaryproxy.runtime.service import Env, Services
 from canaryproxy.runtime.sharing import Sharing
 from canaryproxy.state.runtime import RuntimeState
@@ -82,6 +84,7 @@ class Proxy:
         self.config = config
         self.config_path = config_path
         self.role = role
+        self.notifier: Notifier | None = None  # notify.webhook's, where changes are decided
         self.clocks = clocks or Clocks()
         self.loop = asyncio.get_running_loop()
         self.registry = CollectorRegistry()
@@ -103,6 +106,7 @@ class Proxy:
             monotonic=self.clocks.monotonic,
             rng=self.clocks.rng,
             pooled=role == "worker" or isinstance(self.keeper, SharedState),
+            notify=self._notify,
         )
         self.owns_access_log = access_log is None
         self.access_log = access_log or AccessLog(open_access_log(config.access_log))
@@ -171,6 +175,7 @@ class Proxy:
         self.tick()
         if self.role != "worker":  # a worker's active health is the supervisor's
             await self.loops.start(self.services)
+            await self._follow_notify(cfg.notify)
         if self.sharing is not None:
             self.sharing.start()
 
@@ -202,6 +207,7 @@ class Proxy:
         """Drain (finish in-flight requests within the grace period), flush, close."""
         await self.server.drain(self.config.limits.drain_timeout)
         await self.loops.close()
+        await self._follow_notify(None)
         if self.sharing is not None:
             await self.sharing.stop()
         if self.admin_runner is not None:
@@ -277,10 +283,32 @@ class Proxy:
         if self.role != "worker":
             await self.loops.stop()
             await self.loops.start(self.services)
+            await self._follow_notify(config.notify)
         self.tick()
         self.metrics.reload(True)
         log.info("config reloaded", extra={"services": list(config.services), "weights": weights})
         return True
+
+    def _notify(self, notice: Notice) -> None:
+        if self.notifier is not None:
+            self.notifier.send(notice)
+
+    async def _follow_notify(self, notify: NotifyConfig | None) -> None:
+        """Deliver to ``notify.webhook``, or stop delivering (None: shutting down)."""
+        url = notify.webhook if notify is not None else None
+        old = self.notifier
+        if old is not None and notify is not None and old.url == url:
+            old.timeout, old.attempts = notify.timeout, notify.attempts
+            return
+        if old is not None:
+            self.notifier = None
+            await old.stop()
+        if notify is not None and url is not None:
+            wall = self.clocks.wall
+            self.notifier = Notifier(
+                url, notify.timeout, notify.attempts, self.metrics.notification, wall
+            )
+            self.notifier.start()
 
     def _reload_certificate(self, context: ssl.SSLContext, cert: str, key: str) -> None:
         """New handshakes use the re-read pair; open connections keep theirs. load_config

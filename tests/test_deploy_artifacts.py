@@ -195,6 +195,7 @@ EXAMPLE_VALUES = {
     "services.web.bucket_by",
     "services.web.override_header",
     "services.web.error_budget.max_p99_latency",
+    "notify.webhook",
     "services.web.outcomes.header",
     "services.web.outcomes.failure_statuses",
     "services.web.outcomes.slow",

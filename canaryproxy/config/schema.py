@@ -241,6 +241,30 @@ def parse_redis_url(value: object) -> str:
     return text
 
 
+def parse_webhook_url(value: object) -> str:
+    """``http(s)://host[:port]/path``: where notifications are POSTed."""
+    text = parse_non_empty_string(value)
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not url.hostname:
+        raise ValueError("names no host")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    return text
+
+
+class NotifyConfig(_Frozen):
+    # POST a JSON event on each ejection, restore and rollout move (Slack/Teams-readable).
+    webhook: Annotated[str, PlainValidator(parse_webhook_url)] | None = None
+    timeout: PositiveDuration = 5.0  # per attempt
+    attempts: Annotated[int, PlainValidator(whole(1, 20))] = 5  # 1 + retries, backing off
+
+
 def parse_workers(value: object) -> int:
     """A number of worker processes, or ``auto``: one per core."""
     if value == "auto":
@@ -492,6 +516,7 @@ class Config(_Frozen):
     sticky: StickyConfig = StickyConfig()
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()
     # Extension: where the access log goes: stdout, stderr, off, or a file path (appended).
     access_log: NonEmptyString = "stdout"
     services: dict[Annotated[str, PlainValidator(parse_service_name)], ServiceConfig] = Field(

@@ -56,7 +56,9 @@ from canaryproxy.vocabulary import (
     require,
 )
 
-__all__ = ["Metrics", "PoolMetrics", "ServiceMetrics"]
+__all__ = ["NOTIFICATION_RESULTS", "Metrics", "PoolMetrics", "ServiceMetrics"]
+
+NOTIFICATION_RESULTS = ("sent", "retried", "failed")
 
 # Extra: canaryproxy_upstream_attempts_total counts every attempt at a backend by
 # vocabulary.ATTEMPT_OUTCOMES. Final responses are in canaryproxy_requests_total; this counts
@@ -82,6 +84,7 @@ class _Families:
     state_store_up: Gauge
     rollout_step: Gauge
     rollout_state: Gauge
+    notifications: Counter
 
 
 def _families(registry: CollectorRegistry) -> _Families:
@@ -167,6 +170,13 @@ def _families(registry: CollectorRegistry) -> _Families:
             "canaryproxy_rollout_state",
             "1 for the rollout plan's current state, 0 for the others.",
             ("service", "state"),
+            registry=registry,
+        ),
+        notifications=Counter(
+            "canaryproxy_notifications_total",
+            "Webhook notifications: sent (delivered), retried (an attempt after a failed one),"
+            " failed (given up, or dropped).",
+            ("result",),
             registry=registry,
         ),
     )
@@ -450,6 +460,9 @@ class Metrics:
         self._live: list[ServiceMetrics] = []
         self._rejected: dict[int, Counter] = {}
         self._reloads = {r: self.families.reloads.labels(r) for r in ("ok", "failed")}
+        self._notifications = {
+            r: self.families.notifications.labels(r) for r in NOTIFICATION_RESULTS
+        }
         self.families.workers.set(1)
         self.families.state_store_up.set(1)
         # What /metrics collects: the registry, or a supervisor's view that adds its workers'.
@@ -481,6 +494,10 @@ class Metrics:
     def dropped_fields(self, count: int) -> None:
         """Request header fields dropped for an underscore in their name."""
         self.families.dropped_fields.inc(count)
+
+    def notification(self, result: str) -> None:
+        """One webhook delivery outcome (``result`` in NOTIFICATION_RESULTS)."""
+        self._notifications[require(result, NOTIFICATION_RESULTS, "notification result")].inc()
 
     def reload(self, ok: bool) -> None:
         self._reloads["ok" if ok else "failed"].inc()

@@ -36,6 +36,7 @@ from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
 from canaryproxy.judge.sequential import StepGate
 from canaryproxy.judge.tally import Row, Tally
 from canaryproxy.outcomes.metrics import Metrics, PoolMetrics, ServiceMetrics
+from canaryproxy.runtime.notify import Notice
 from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState, describe_plan
 from canaryproxy.state.store import ServiceRecord, StateError
 from canaryproxy.vocabulary import POOLS, EjectRule, FailureKind, Pool, Verdict, WeightSource
@@ -45,6 +46,10 @@ __all__ = ["Env", "Service", "Services"]
 log = logging.getLogger("canaryproxy.judge")
 
 State = dict[str, object]
+
+
+def _no_notice(notice: Notice) -> None:
+    """No ``notify.webhook``: nobody to tell."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class Env:
     # True where the judge is elsewhere (a worker process, or an instance sharing its
     # state): outcomes are counted in each service's ``tally`` and flushed, not judged here.
     pooled: bool = False
+    # Where a decided change is announced (the webhook's queue; returns at once).
+    notify: Callable[[Notice], None] = _no_notice
 
 
 class Service:
@@ -300,6 +307,11 @@ class Service:
         if not keeper.eject_now(self.knobs, ejection.rule, ejection.reason, ejection.evidence):
             return
         self._show_ejected(ejection.rule)
+        self._announce(
+            "ejected",
+            f"canary ejected by the judge (rule {ejection.rule}): {ejection.reason}",
+            ejection.evidence,
+        )
         self._rollout_moved(plan, ejection.evidence)
         log.warning(
             "canary ejected",
@@ -336,6 +348,7 @@ class Service:
         if self.judge is not None:
             self.judge.mark_ejected(rule, text)
         self._show_ejected(rule)
+        self._announce("ejected", f"canary ejected by {who} (rule {rule}): {text}")
         self._rollout_moved(plan, None)
 
     async def restore(self, weight: float | None, who: str) -> None:
@@ -346,6 +359,10 @@ class Service:
         self.metrics.set_ejected(False)
         self.metrics.set_weight(self.effective_weight)
         self.metrics.set_verdict(self.verdict(now))
+        self._announce(
+            "restored",
+            f"canary restored by {who} at {self.effective_weight:g} %; judged afresh",
+        )
 
     async def follow_config(self) -> str:
         """Apply the file's ``canary_weight`` if the file changed it since the weight was
@@ -475,6 +492,10 @@ class Service:
                 judge.begin_step(self.step_settings.max_ratio)
         self.metrics.set_rollout(plan.state, plan.step)
         if decided_here:
+            event = _rollout_event(old, plan)
+            self._announce(
+                event, f"{event.replace('_', ' ')}: {describe_plan(plan)}: {plan.reason}", evidence
+            )
             log.info(
                 f"rollout {plan.state}",
                 extra={
@@ -486,6 +507,12 @@ class Service:
                     "evidence": dict(evidence) if evidence is not None else None,
                 },
             )
+
+    def _announce(
+        self, event: str, text: str, evidence: Mapping[str, object] | None = None
+    ) -> None:
+        """Tell the webhook (if any) of a change decided here."""
+        self.env.notify(Notice(self.name, event, f"{self.name}: {text}", evidence))
 
     def rollout_state(self) -> State:
         """The plan, its state and step, the gate's evidence and what the step waits for."""
@@ -656,6 +683,21 @@ class Services:
             if note:
                 notes[name] = note
         return notes
+
+
+def _rollout_event(old: Plan, new: Plan) -> str:
+    """A plan's move as a notification's event: rollout_started, rollout_promoted, …"""
+    if new.state == "progressing":
+        if not old.is_active:
+            return "rollout_started"
+        return "rollout_resumed" if old.state == "paused" and old.step == new.step else (
+            "rollout_promoted"
+        )  # fmt: skip
+    return {
+        "paused": "rollout_paused",
+        "completed": "rollout_completed",
+        "aborted": "rollout_aborted",
+    }.get(new.state, "rollout_ended")
 
 
 def _promotion(plan: Plan) -> str:
