@@ -1,15 +1,19 @@
 """Command line: parse arguments, load the config, hand over. No logic lives here.
 
 Exit codes (the README's "Command line"): 0 clean stop, 2 bad config or usage, 1 any other
-fatal error.
+fatal error. The operator's commands (status, weight, eject, restore, rollout): 0 done,
+1 refused by the admin API (its reason printed), 2 usage, 3 admin API unreachable.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from collections.abc import Coroutine
-from typing import Any, Literal
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import click
 
@@ -21,6 +25,8 @@ log = logging.getLogger("canaryproxy")
 
 EXIT_BAD_CONFIG = 2
 EXIT_FATAL = 1
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,6 +109,189 @@ def demo(
     logs.setup(logging.ERROR if sys.stdout.isatty() else logging.WARNING)
 
     sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic, bug)))
+
+
+# -- the operator's commands: a client of the admin API ---------------------------------------
+def _admin_options(command: F) -> F:
+    command = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="Read admin.listen and admin.token from this config file.",
+    )(command)
+    return click.option(
+        "--admin",
+        "admin_url",
+        metavar="URL",
+        help="The admin API (default: $CANARYPROXY_ADMIN_URL, else --config's admin.listen,"
+        " else http://127.0.0.1:9901). The token is $CANARYPROXY_ADMIN_TOKEN.",
+    )(command)
+
+
+def _client(admin_url: str | None, config_path: str | None) -> Any:
+    from canaryproxy.operate.client import AdminClient
+
+    config = _load_or_exit(config_path) if config_path else None
+    return AdminClient.locate(admin_url, config)
+
+
+def _answer(call: Callable[[], T]) -> T:
+    """The API's answer, or its refusal (exit 1) or silence (exit 3) on stderr."""
+    from canaryproxy.operate.client import EXIT_REFUSED, EXIT_UNREACHABLE, Refused, Unreachable
+
+    try:
+        return call()
+    except Refused as exc:
+        click.echo(f"refused ({exc.status}): {exc.reason}", err=True)
+        sys.exit(EXIT_REFUSED)
+    except Unreachable as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_UNREACHABLE)
+
+
+def _path(service: str, tail: str = "") -> str:
+    return f"/admin/services/{quote(service, safe='')}{tail}"
+
+
+@main.command()
+@click.argument("service", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON (STATE) instead.")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+    help="Seconds between refreshes with --watch.",
+)  # fmt: skip
+@_admin_options
+def status(
+    service: str | None,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    admin_url: str | None,
+    config_path: str | None,
+) -> None:
+    """Each service: weight and its source, verdict and evidence, pools, rollout, backends,
+    and the last changes."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from canaryproxy.operate.status import render_status
+
+    client = _client(admin_url, config_path)
+
+    def states() -> dict[str, Any]:
+        if service is not None:
+            return {service: _answer(lambda: client.get(_path(service)))}
+        return dict(_answer(lambda: client.get("/admin/services"))["services"])
+
+    def rollout_of(name: str) -> Any:
+        return _answer(lambda: client.get(_path(name, "/rollout")))
+
+    def view() -> Any:
+        now = states()
+        plans = {name: rollout_of(name) for name in now}
+        audit = _answer(lambda: client.get("/admin/audit?limit=100"))["audit"]
+        return render_status(now, plans, audit)
+
+    console = Console()
+    if as_json:
+        while True:
+            now = states()
+            click.echo(json.dumps(now[service] if service else {"services": now}, indent=None))
+            if not watch:
+                return
+            time.sleep(interval)
+    if not watch:
+        console.print(view())
+        return
+    try:
+        if console.is_terminal:
+            with Live(view(), console=console, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(view())
+        while True:
+            console.print(view())
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.argument("service")
+@click.argument("percent", type=float)
+@_admin_options
+def weight(service: str, percent: float, admin_url: str | None, config_path: str | None) -> None:
+    """Set the canary weight of SERVICE to PERCENT (0 drains)."""
+    client = _client(admin_url, config_path)
+    state = _answer(lambda: client.call("PUT", _path(service, "/weight"), {"canary": percent}))
+    click.echo(f"{service}: canary weight {state['canary_weight']:g} % ({state['weight_source']})")
+
+
+@main.command()
+@click.argument("service")
+@click.option("--reason", help="Why (kept in the audit log).")
+@_admin_options
+def eject(service: str, reason: str | None, admin_url: str | None, config_path: str | None) -> None:
+    """Eject the canary of SERVICE now: every user back to stable."""
+    client = _client(admin_url, config_path)
+    body = {"reason": reason} if reason else {}
+    state = _answer(lambda: client.call("POST", _path(service, "/eject"), body))
+    click.echo(f"{service}: canary ejected: {state['eject_reason']}")
+
+
+@main.command()
+@click.argument("service")
+@click.option("--canary", type=float, help="Resume at this weight (default: the one before).")
+@_admin_options
+def restore(
+    service: str, canary: float | None, admin_url: str | None, config_path: str | None
+) -> None:
+    """End the ejection of SERVICE's canary; the judgement starts afresh."""
+    client = _client(admin_url, config_path)
+    body = {"canary": canary} if canary is not None else {}
+    state = _answer(lambda: client.call("POST", _path(service, "/restore"), body))
+    click.echo(f"{service}: canary restored at {state['canary_weight']:g} %")
+
+
+def _steps(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected weights like 5,10,25,100, got {value!r}") from None
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["start", "pause", "resume", "promote", "abort"]))
+@click.argument("service")
+@click.option("--steps", metavar="W,W,...", help="start: the plan's weights (default: config's).")
+@click.option("--reason", help="abort: why (kept in the audit log).")
+@_admin_options
+def rollout(
+    action: str,
+    service: str,
+    steps: str | None,
+    reason: str | None,
+    admin_url: str | None,
+    config_path: str | None,
+) -> None:
+    """Drive SERVICE's rollout plan: start, pause, resume, promote (now) or abort (ejects)."""
+    from canaryproxy.demo.view import plan_line
+
+    if steps is not None and action != "start":
+        raise click.UsageError("--steps goes with start")
+    if reason is not None and action != "abort":
+        raise click.UsageError("--reason goes with abort")
+    client = _client(admin_url, config_path)
+    body: dict[str, Any] = {}
+    if steps is not None:
+        body["steps"] = _steps(steps)
+    if reason is not None:
+        body["reason"] = reason
+    plan = _answer(lambda: client.call("POST", _path(service, f"/rollout/{action}"), body))
+    click.echo(f"{service}: {plan_line(plan)}")
 
 
 def _load_or_exit(path: str) -> Config:

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"app"},
     {"fleet"},
     {"demo"},
+    {"operate"},
     {"cli"},
     {"__main__"},
 ]

@@ -56,6 +56,7 @@ def pool_cells(state: State, pool: str, rate: float, users: int | None) -> dict[
         "weight": f"{weight if pool == 'canary' else 100 - weight:g} %",
         "users": "-" if users is None else str(users),
         "req/s": f"{rate:.0f}",
+        "requests": f"{window['requests']:,}",
         "errors": percent(window["error_rate"]) if window["requests"] else "-",
         "p50": "-" if window["p50_ms"] is None else f"{window['p50_ms']:.0f} ms",
         "p99": "-" if window["p99_ms"] is None else f"{window['p99_ms']:.0f} ms",
