@@ -1024,3 +1024,18 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest() -> None:
     assert not dockerignored("canaryproxy/var.py", ["var"])  # the check itself: root-anchored
     for path in unwanted:
         assert dockerignored(path, patterns), path
+
+
+def test_the_docker_config_is_fit_for_a_container() -> None:
+    (data,) = load_yaml(CONFIG / "docker.yaml")
+    config = parse_config(data, env=ENV)
+    assert config.listen.host == config.admin.listen.host == "0.0.0.0"  # published ports
+    ports = {int(p) for p in dockerfile_args("EXPOSE")}
+    assert {config.listen.port, config.admin.listen.port} == ports
+    assert config.state.path.startswith(dockerfile_args("VOLUME")[0] + "/")  # on the volume
+    hosts = {b.host for s in config.services.values() for b in s.stable.backends}
+    assert "127.0.0.1" not in hosts  # the container itself: backends are reached by name
+    readme = (CONFIG.parent / "README.md").read_text()
+    assert "--stop-timeout" in readme
+    assert "config/docker.yaml" in readme
+    assert config.limits.drain_timeout < 40  # the README's --stop-timeout outlasts the drain

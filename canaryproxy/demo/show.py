@@ -117,13 +117,16 @@ async def start_backend(
     latency: tuple[float, float],
     rng: random.Random,
     bug: tuple[Bug, float] | None = None,
+    port: int = 0,
+    always: bool = False,
 ) -> tuple[web.AppRunner, str]:
     """An app server of one version: every path answers after a simulated latency. With a
-    ``bug`` (its kind, and the failure rate of ``errors``) it misbehaves past LOAD_LIMIT."""
+    ``bug`` (its kind, and the failure rate of ``errors``) it misbehaves past LOAD_LIMIT, or
+    ``always``."""
     load, loop = Load(LOAD_SPAN), asyncio.get_running_loop()
 
     async def serve(request: web.Request) -> web.Response:
-        loaded = load.hit(loop.time()) > LOAD_LIMIT
+        loaded = load.hit(loop.time()) > LOAD_LIMIT or always
         delay = rng.uniform(*latency)
         status = 200
         if bug is not None and loaded:
@@ -143,7 +146,7 @@ async def start_backend(
     app.router.add_route("*", "/{tail:.*}", serve)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, LOCAL, 0)
+    site = web.TCPSite(runner, LOCAL, port)
     await site.start()
     server: Any = site._server  # aiohttp keeps the bound server here
     return runner, f"http://{LOCAL}:{server.sockets[0].getsockname()[1]}"
