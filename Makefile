@@ -28,12 +28,14 @@ $(STAMP): pyproject.toml
 
 # From scratch: an extension of a module no longer listed must not outlive it.
 $(COMPILED): $(STAMP) setup.py $(shell find canaryproxy -name '*.py')
+ifneq ($(CANARYPROXY_COMPILE),0)
+	@command -v $${CC:-cc} >/dev/null 2>&1 || { echo "make: no C compiler: install gcc and Python's headers (Debian: apt install gcc python3-dev), or run interpreted: CANARYPROXY_COMPILE=0 make demo" >&2; exit 1; }
+endif
 	rm -rf build $(VENV)/.compiled $(VENV)/.interpreted
 	find canaryproxy -name '*.so' -delete
 ifeq ($(CANARYPROXY_COMPILE),0)
 	@echo "==> CANARYPROXY_COMPILE=0: the request path runs interpreted (slower)"
 else
-	@command -v $${CC:-cc} >/dev/null 2>&1 || { echo "make: no C compiler: install gcc and Python's headers (Debian: apt install gcc python3-dev), or run interpreted: CANARYPROXY_COMPILE=0 make demo" >&2; exit 1; }
 	@echo "==> compiling the request path with mypyc (about a minute the first time)"
 	$(BIN)/python setup.py -q build_ext --inplace >/dev/null
 endif
