@@ -924,3 +924,68 @@ def test_bad_workers_and_redis_are_named(tmp_path: Path, line: str, error: str) 
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(e.startswith(error) for e in info.value.errors), info.value.errors
+
+
+WEB = "{stable: {backends: [{url: 'http://127.0.0.1:9001'}]}, canary: {backends: [{url: 'http://127.0.0.1:9002'}]}"
+
+
+def test_outcomes_rollout_and_notify_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "notify: {webhook: 'https://hooks.example.com/T/B', timeout: 2s, attempts: 3}\n"
+        f"services: {{web: {WEB}, outcomes: {{header: X-Outcome, failure_statuses: [429, 409, 429],"
+        " slow: 800ms}, rollout: {steps: [1, 12.5, 100], min_step_duration: 30s,"
+        " min_step_requests: 0, max_ratio: 2, auto_start: true}}}\n"
+    )
+    cfg = load_config(path)
+    web = cfg.services["web"]
+    assert (web.outcomes.header, web.outcomes.failure_statuses) == ("X-Outcome", (409, 429))
+    assert web.outcomes.slow == 0.8
+    assert web.rollout is not None
+    assert web.rollout.steps == (1.0, 12.5, 100.0)
+    assert (web.rollout.min_step_duration, web.rollout.min_step_requests) == (30.0, 0)
+    assert (web.rollout.max_ratio, web.rollout.auto_start) == (2.0, True)
+    assert (cfg.notify.webhook, cfg.notify.timeout, cfg.notify.attempts) == (
+        "https://hooks.example.com/T/B",
+        2.0,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("service", "top", "error"),
+    [
+        ("rollout: {steps: [10, 5]}", "", "services.web.rollout.steps: must increase"),
+        ("rollout: {steps: []}", "", "services.web.rollout.steps: must be a non-empty list"),
+        ("rollout: {steps: [0, 5]}", "", "services.web.rollout.steps: the first step"),
+        ("rollout: {steps: [5, 140]}", "", "services.web.rollout.steps: must be between 0 and"),
+        ("rollout: {max_ratio: 1}", "", "services.web.rollout.max_ratio: must be greater than 1"),
+        ("rollout: {auto_start: 'yes'}", "", "services.web.rollout.auto_start"),
+        ("rollout: {step: [5]}", "", "services.web.rollout.step"),
+        ("outcomes: {failure_statuses: [99]}", "", "services.web.outcomes.failure_statuses"),
+        ("outcomes: {slow: 0s}", "", "services.web.outcomes.slow"),
+        ("outcomes: {header: 'a b'}", "", "services.web.outcomes.header"),
+        ("", "notify: {webhook: 'ftp://x'}", "notify.webhook: must start with http://"),
+        ("", "notify: {webhook: 'https://'}", "notify.webhook: names no host"),
+        ("", "notify: {attempts: 0}", "notify.attempts"),
+    ],
+)
+def test_bad_outcomes_rollout_and_notify_are_named(
+    tmp_path: Path, service: str, top: str, error: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    extra = f", {service}" if service else ""
+    path.write_text(f"{top}\nservices: {{web: {WEB}{extra}}}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(e.startswith(error) for e in info.value.errors), info.value.errors
+
+
+def test_a_rollout_needs_a_canary_pool(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "services: {web: {stable: {backends: [{url: 'http://127.0.0.1:9001'}]}, rollout: {}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == ["services.web.rollout: set but the service has no canary pool"]

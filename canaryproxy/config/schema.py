@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, ClassVar, Literal, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -219,21 +219,29 @@ class TlsConfig(_Frozen):
     key: NonEmptyString
 
 
-def parse_redis_url(value: object) -> str:
-    """``redis://[user:password@]host[:port][/db]`` or ``rediss://`` (TLS)."""
+def split_url(value: object, schemes: tuple[str, ...], must: str) -> tuple[str, SplitResult]:
+    """A URL with one of ``schemes``, a host and a valid port: its text and its parts.
+    ``must`` says which schemes, for the error (``must start with http:// or https://``)."""
     text = parse_non_empty_string(value)
     try:
         url = urlsplit(text)
         port = url.port
-        db = url.path.strip("/")
     except ValueError as exc:
         raise ValueError(f"not a URL: {exc}") from None
-    if url.scheme not in ("redis", "rediss"):
-        raise ValueError("must start with redis:// or rediss:// (TLS)")
+    if url.scheme not in schemes:
+        raise ValueError(must)
     if not url.hostname:
         raise ValueError("names no host")
     if port == 0:
         raise ValueError("port must be 1-65535")
+    return text, url
+
+
+def parse_redis_url(value: object) -> str:
+    """``redis://[user:password@]host[:port][/db]`` or ``rediss://`` (TLS)."""
+    must = "must start with redis:// or rediss:// (TLS)"
+    text, url = split_url(value, ("redis", "rediss"), must)
+    db = url.path.strip("/")
     if db and not db.isdigit():
         raise ValueError(f"the database after the host must be a number, got {db!r}")
     if url.query or url.fragment:
@@ -243,19 +251,8 @@ def parse_redis_url(value: object) -> str:
 
 def parse_webhook_url(value: object) -> str:
     """``http(s)://host[:port]/path``: where notifications are POSTed."""
-    text = parse_non_empty_string(value)
-    try:
-        url = urlsplit(text)
-        port = url.port
-    except ValueError as exc:
-        raise ValueError(f"not a URL: {exc}") from None
-    if url.scheme not in ("http", "https"):
-        raise ValueError("must start with http:// or https://")
-    if not url.hostname:
-        raise ValueError("names no host")
-    if port == 0:
-        raise ValueError("port must be 1-65535")
-    return text
+    must = "must start with http:// or https://"
+    return split_url(value, ("http", "https"), must)[0]
 
 
 class NotifyConfig(_Frozen):
