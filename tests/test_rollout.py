@@ -257,3 +257,27 @@ def test_a_step_counts_and_gates_from_its_start() -> None:
     assert set(gates) == {"errors", "slow"}
     j.end_step()
     assert j.gate(3.0) is None
+
+
+def run_after_promotion(tell_the_judge: bool) -> float:
+    """A healthy canary (0.5 % like stable) at 25 % for a minute, promoted to 50 %: the
+    comparative test's log-odds 30 s later, with or without ``weight_changed``."""
+    j, rng = Judge(BudgetParams(), 0.0), random.Random(11)
+    t, worst = 0.0, -math.inf
+    for share, seconds in ((0.25, 60.0), (0.50, 30.0)):
+        if share == 0.5 and tell_the_judge:
+            j.weight_changed(50.0, t)
+        for _ in range(int(seconds * 1000)):  # 1,000 requests a second
+            t += 0.001
+            canary = rng.random() < share
+            j.record("canary" if canary else "stable", rng.random() < 0.005, 0.01, t)
+            if share == 0.5:
+                worst = max(worst, float(j.evidence(t)["log_odds"]))  # type: ignore[arg-type]
+    return worst
+
+
+def test_after_a_weight_change_the_share_is_measured_afresh() -> None:
+    # Judged against the window's stale 25 %, the canary's errors at 50 % look twice its
+    # share; measured since the change, they look like what they are.
+    assert run_after_promotion(tell_the_judge=False) > 4.0
+    assert run_after_promotion(tell_the_judge=True) < 1.0

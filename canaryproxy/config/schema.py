@@ -466,7 +466,7 @@ class RolloutConfig(_Frozen):
     )
     min_step_duration: Duration = 300.0
     min_step_requests: Annotated[int, PlainValidator(whole(0))] = 500
-    max_ratio: Annotated[float, PlainValidator(parse_ratio)] = 1.5
+    max_ratio: Annotated[float, PlainValidator(parse_ratio)] = 2.0
     auto_start: bool = Field(default=False, strict=True)
 
 

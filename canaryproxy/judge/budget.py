@@ -9,7 +9,12 @@ Rules this module keeps (``L = ln(1/alpha)``):
 
 1. **Comparative test**, the main rule. ``w`` is the canary's measured share of
    requests in the sliding window (the response being recorded included; the
-   configured weight is not used: sticky users make the two differ). If the canary
+   configured weight is not used: sticky users make the two differ). After the
+   weight changes (``weight_changed``: an operator, a rollout's step), the window
+   still holds requests served at the old weight for a whole window, and every
+   error in that time would be judged against the old share; so until a window has
+   passed, ``w`` is the share since the change, starting from the new weight as a
+   prior worth ``SHARE_PRIOR`` requests (which the measured share soon outweighs). If the canary
    is no worse than stable (H0), an error is the canary's with probability ``w``; if
    its error rate is R x stable's (H_R), with ``q_R = R·w / (R·w + 1 - w)``. On every
    error, for R in {2, 4, 8, 16, 32, 64}::
@@ -106,6 +111,8 @@ from canaryproxy.vocabulary import EjectRule, JudgeRule, Pool, Verdict
 __all__ = ["HEALTHY_THRESHOLD", "BudgetParams", "Ejection", "Judge", "Pool", "Verdict"]
 
 
+SHARE_PRIOR = 100
+"""Requests' worth of belief in the new weight right after a weight change."""
 SLOW_SHARE_PERCENT = 1  # "p99 > limit" is "more than 1 % slower than limit"
 
 
@@ -190,6 +197,7 @@ class Judge:
         self._bucket_end = (self._bucket + 1) * self._width
         self._flagged = [False] * WINDOW_SLOTS  # buckets in which stable itself was degraded
         self._excluded = [0, 0, 0]  # canary requests, errors, slow in flagged buckets
+        self._since: list[float] = []  # after a weight change: [canary, all, weight, when]
         self._errors = MixtureTest(self._floor)
         self._late = MixtureTest(self._floor)  # the same test on slow outcomes
         self._step: StepEvidence | None = None
@@ -285,6 +293,11 @@ class Judge:
         step = self._step
         if step is not None:
             step.count(canary, count, errors, late)
+        since = self._since
+        if since:
+            since[1] += count
+            if canary:
+                since[0] += count
         if canary:
             self._canary.add(slot, count, errors, slow, lat_bin, late)
             if self._flagged[slot]:
@@ -434,10 +447,21 @@ class Judge:
             f"{format_odds(self._late.log_odds)} against no-slower-than-stable"
         )
 
+    def weight_changed(self, weight: float, now: float) -> None:
+        """The canary's weight is now ``weight`` percent: measure ``w`` afresh from here
+        (see the module docstring) until a window has passed."""
+        self._since = [0.0, 0.0, weight / 100, now]
+
     def _window_share(self) -> float | None:
         n_canary, n_stable = self._canary.n, self._stable.n
         if n_canary == 0 or n_stable == 0:
             return None
+        since = self._since
+        if since:
+            if self._bucket_end - since[3] >= self.params.window + self._width:
+                self._since = []  # the window holds none of the old weight's requests now
+            elif 0 < since[2] < 1:
+                return (since[0] + SHARE_PRIOR * since[2]) / (since[1] + SHARE_PRIOR)
         return n_canary / (n_canary + n_stable)
 
     def _update_tests(self, from_canary: bool, is_error: bool, is_late: bool) -> None:

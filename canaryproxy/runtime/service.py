@@ -282,6 +282,7 @@ class Service:
         on a restore. The ejection counter is the deciding process's, not bumped here."""
         knobs = self.knobs
         was_ejected, old_epoch, plan = knobs.is_ejected, knobs.epoch, knobs.rollout
+        before = self.effective_weight
         knobs.apply(record)
         judge = self.judge
         if judge is not None:
@@ -298,6 +299,8 @@ class Service:
                     "reason": knobs.eject_reason,
                 },
             )
+        if not knobs.is_ejected:
+            self._weight_moved(before)
         self._rollout_moved(plan, None, decided_here=False)
         self.refresh()
 
@@ -334,9 +337,9 @@ class Service:
     async def set_weight(self, weight: float, who: str) -> None:
         if not self.has_canary and weight != 0:
             raise Conflict("the service has no canary pool")
-        plan = self.knobs.rollout
+        plan, before = self.knobs.rollout, self.effective_weight
         await self.env.keeper.set_weight(self.knobs, weight, who)
-        self.metrics.set_weight(self.effective_weight)
+        self._weight_moved(before)
         self._rollout_moved(plan, None)
 
     async def eject(self, reason: str | None, who: str, rule: EjectRule = "manual") -> None:
@@ -368,8 +371,9 @@ class Service:
         """Apply the file's ``canary_weight`` if the file changed it since the weight was
         last set (the most recent change wins); say what was done, for the (re)load's log."""
         weight, knobs, plan = self.config.canary_weight, self.knobs, self.knobs.rollout
+        before = self.effective_weight
         if await self.env.keeper.follow_config(knobs, weight):
-            self.metrics.set_weight(self.effective_weight)
+            self._weight_moved(before)
             self._rollout_moved(plan, None)
             return f"applied the file's weight {weight:g}: the file changed it"
         if knobs.canary_weight != weight and self.has_canary:
@@ -471,9 +475,9 @@ class Service:
         action: str,
         evidence: Mapping[str, object] | None = None,
     ) -> None:
-        old = self.knobs.rollout
+        old, before = self.knobs.rollout, self.effective_weight
         await self.env.keeper.change_rollout(self.knobs, plan, weight, who, action, evidence)
-        self.metrics.set_weight(self.effective_weight)
+        self._weight_moved(before)
         self._rollout_moved(old, evidence)
 
     def _rollout_moved(
@@ -507,6 +511,14 @@ class Service:
                     "evidence": dict(evidence) if evidence is not None else None,
                 },
             )
+
+    def _weight_moved(self, before: float) -> None:
+        """Show the effective weight; if it changed, the judge measures the canary's share
+        afresh (the window still holds the old weight's requests)."""
+        weight = self.effective_weight
+        self.metrics.set_weight(weight)
+        if weight != before and self.judge is not None:
+            self.judge.weight_changed(weight, self.env.monotonic())
 
     def _announce(
         self, event: str, text: str, evidence: Mapping[str, object] | None = None
