@@ -265,6 +265,9 @@ MAX_AUDIT_ROWS = 1000
 
 
 async def _get_audit(request: web.Request) -> web.Response:
+    unknown = sorted(set(request.query) - {"limit"})
+    if unknown:
+        raise _ApiError(400, f"unknown query parameter {unknown[0]!r}; allowed: limit")
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_AUDIT_ROWS:
         raise _ApiError(400, f"limit: must be a whole number from 1 to {MAX_AUDIT_ROWS}")
