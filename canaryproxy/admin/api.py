@@ -32,6 +32,7 @@ from typing import Protocol
 from aiohttp import web
 
 from canaryproxy.admin.openapi import MAX_REASON_CHARS, openapi_document
+from canaryproxy.admin.page import add_page_routes
 from canaryproxy.config.load import parse_canary_weight, parse_steps
 from canaryproxy.outcomes.metrics import Metrics
 from canaryproxy.state.runtime import Conflict
@@ -113,6 +114,7 @@ def build_admin_app(
         app.router.add_post(f"/admin/services/{{name}}/rollout/{action}", _post_rollout)
     app.router.add_get("/admin/audit", _get_audit)
     app.router.add_get("/admin/openapi.json", _openapi)
+    add_page_routes(app.router)  # GET / and /ui/*: the admin web page (no token; page.py)
     return app
 
 

@@ -93,7 +93,27 @@ def _write(summary: str, body: str | None, body_required: bool, answer: str = "S
     }
 
 
+def _page(summary: str, media_type: str) -> Schema:
+    """A file of the admin web page (page.py): public, no token, not JSON."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The file, with a strict Content-Security-Policy.",
+                    "content": {media_type: {"schema": {"type": "string"}}},
+                },
+                "405": _METHOD_NOT_ALLOWED,
+            },
+        }
+    }
+
+
 _PATHS: Schema = {
+    "/": _page("The admin web page (no token; it asks for one).", "text/html"),
+    "/ui/app.js": _page("The admin web page's script.", "text/javascript"),
+    "/ui/app.css": _page("The admin web page's style sheet.", "text/css"),
     "/healthz": {
         "get": {
             "summary": "Liveness of the admin listener (no token).",
