@@ -100,6 +100,7 @@ class RuntimeState:
         self.clock = clock
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
+        self.who_suffix = ""  # added to every audit row's who (shared state: "@instance")
 
     def records(self) -> Mapping[str, ServiceRecord]:
         """What the store holds, read once per (re)load."""
@@ -327,6 +328,7 @@ class RuntimeState:
         new: str,
         evidence: Mapping[str, object] | None = None,
     ) -> AuditEntry:
+        who += self.who_suffix
         return AuditEntry(self.clock(), who, service, action, old, new, evidence)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -118,6 +118,7 @@ class SharedState(RuntimeState):
     def __init__(self, url: str, instance: str, clock: Callable[[], float]) -> None:
         super().__init__(MemoryStateStore(), clock)
         self.instance = instance
+        self.who_suffix = f"@{instance}"  # audit rows say which instance made the change
         self.client = aioredis.Redis.from_url(
             url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
         )
@@ -146,17 +147,6 @@ class SharedState(RuntimeState):
         """Applied already; written by ``write_pending`` now or when Redis is back."""
         self.pending[name] = (record, audit)
         self._in_background(self.write_pending())
-
-    def _audit(
-        self,
-        who: str,
-        service: str,
-        action: str,
-        old: str,
-        new: str,
-        evidence: Mapping[str, object] | None = None,
-    ) -> AuditEntry:
-        return super()._audit(f"{who}@{self.instance}", service, action, old, new, evidence)
 
     async def close(self) -> None:
         await self.client.aclose()
