@@ -456,7 +456,9 @@ class Service:
             await self._commit_rollout(
                 nxt, nxt.weight, "canaryproxy", _promotion(nxt), gate.evidence
             )
-        except (Conflict, StateError) as exc:
+        except Conflict as exc:  # another instance moved first (shared state), or an ejection
+            log.info("rollout step not promoted", extra={"service": self.name, "why": str(exc)})
+        except StateError as exc:
             log.warning(
                 "rollout step not promoted", extra={"service": self.name, "error": str(exc)}
             )
