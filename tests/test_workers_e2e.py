@@ -148,3 +148,38 @@ async def test_sighup_reloads_every_worker_or_none(
     await proxy.get(200)
     assert len(canary.seen) == 200  # every worker took the good one
     assert proxy.pids() == pids  # reloaded in place, not restarted
+
+
+async def test_the_supervisor_walks_a_plan_on_its_workers_counts(
+    tmp_path: Path, pools: tuple[Backend, Backend]
+) -> None:
+    """A rollout with workers: the supervisor's judge gathers the step's evidence from the
+    workers' flushes, promotes, and every worker serves the new weight."""
+    stable, canary = pools
+    plan = {"rollout": {"steps": [20, 100], "min_step_duration": "1s", "min_step_requests": 30}}
+    path = canary_config(
+        tmp_path, "plan", stable, canary, 0, web=plan, workers=2,
+        state={"path": str(tmp_path / "state.db")},
+    )  # fmt: skip
+    proc = await asyncio.to_thread(ProxyProcess(path).start)
+    new_users = aiohttp.DummyCookieJar()  # in session mode a stable pin would stay on stable
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=new_users) as s:
+        proxy = Workers(proc, s)
+        try:
+            status, started = await proxy.change("POST", "/rollout/start", {})
+            assert (status, started["weight"]) == (200, 20.0)
+
+            async def completed() -> bool:
+                await proxy.get(60)
+                return bool((await proxy.state())["canary_weight"] == 100)
+
+            await until(completed, within=20)
+            await asyncio.sleep(0.5)  # every worker has the new weight within 500 ms
+            seen = len(stable.seen)
+            assert await proxy.get(200) == [200] * 200
+            assert len(stable.seen) == seen  # every worker sends every new user to the canary
+            key = ("canaryproxy_rollout_state", (("service", "web"), ("state", "completed")))
+            assert (await proxy.metrics())[key] == 1
+        finally:
+            assert await proxy.stop() == 0
