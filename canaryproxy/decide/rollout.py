@@ -35,7 +35,9 @@ __all__ = [
     "plan_from_dict",
     "plan_to_dict",
     "promote",
+    "requests_needed",
     "resume",
+    "seconds_needed",
     "start",
     "waiting_for",
 ]
@@ -148,24 +150,45 @@ def waiting_for(
 
     ``gate_requests`` is the estimate of canary requests the gate needs (None: the canary
     is not heading below ``max_ratio``, so no amount of traffic is enough at this rate)."""
-    if plan.state != "progressing":
+    seconds = seconds_needed(plan, settings, now)
+    if seconds is None:
         return []
     needs: list[str] = []
-    seconds = settings.min_step_duration - plan.seconds(now)
     if seconds > 0:
         needs.append(f"{format_seconds(seconds)} more at this step")
-    more = settings.min_step_requests - canary_requests
-    if not gate_shown:
-        if gate_requests is None:
-            needs.append(
-                f"evidence that the canary is no worse than {settings.max_ratio:g}x stable:"
-                " at the rate seen so far it is not (it waits, or the judge ejects it)"
-            )
-            return needs
-        more = max(more, gate_requests)
-    if more > 0:
+    more = requests_needed(plan, settings, canary_requests, gate_requests, gate_shown)
+    if more is None:
+        needs.append(
+            f"evidence that the canary is no worse than {settings.max_ratio:g}x stable:"
+            " at the rate seen so far it is not (it waits, or the judge ejects it)"
+        )
+    elif more > 0:
         needs.append(f"≈ {more:,} more canary requests")
     return needs
+
+
+def seconds_needed(plan: Plan, settings: StepSettings, now: float) -> float | None:
+    """More seconds the current step must last (None: the plan is not progressing)."""
+    if plan.state != "progressing":
+        return None
+    return max(settings.min_step_duration - plan.seconds(now), 0.0)
+
+
+def requests_needed(
+    plan: Plan,
+    settings: StepSettings,
+    canary_requests: int,
+    gate_requests: int | None,
+    gate_shown: bool,
+) -> int | None:
+    """More canary requests the current step needs: ``min_step_requests``, and the gate's
+    estimate until it is shown (None: not heading to a pass, or not progressing)."""
+    if plan.state != "progressing":
+        return None
+    more = max(settings.min_step_requests - canary_requests, 0)
+    if gate_shown:
+        return more
+    return None if gate_requests is None else max(more, gate_requests)
 
 
 def format_seconds(seconds: float) -> str:

@@ -33,7 +33,6 @@ from canaryproxy.decide.health import ActiveCheck, BackendHealth, OutlierDetecto
 from canaryproxy.decide.rollout import Plan, Refused, StepSettings
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
-from canaryproxy.judge.sequential import StepGate
 from canaryproxy.judge.tally import Row, Tally
 from canaryproxy.outcomes.metrics import Metrics, PoolMetrics, ServiceMetrics
 from canaryproxy.runtime.notify import Notice
@@ -46,6 +45,7 @@ __all__ = ["Env", "Service", "Services"]
 log = logging.getLogger("canaryproxy.judge")
 
 State = dict[str, object]
+DEFAULT_PLAN = RolloutConfig()
 
 
 def _no_notice(notice: Notice) -> None:
@@ -402,9 +402,14 @@ class Service:
 
     # the rollout plan: every transition persisted first, then shown --------------------------
     @property
+    def plan_config(self) -> RolloutConfig:
+        """The config's ``rollout``, or its defaults without one (a plan started by hand)."""
+        return self.config.rollout or DEFAULT_PLAN
+
+    @property
     def step_settings(self) -> StepSettings:
-        """What a step needs (the config's ``rollout``, or its defaults without one)."""
-        cfg = self.config.rollout or RolloutConfig()
+        """What a step needs."""
+        cfg = self.plan_config
         return StepSettings(cfg.min_step_duration, cfg.min_step_requests, cfg.max_ratio)
 
     async def rollout_start(self, steps: tuple[float, ...] | None, who: str) -> None:
@@ -412,7 +417,7 @@ class Service:
             raise Conflict("the service has no canary pool")
         if self.knobs.is_ejected:
             raise Conflict("the canary is ejected; restore it first")
-        planned = steps or (self.config.rollout or RolloutConfig()).steps
+        planned = steps or self.plan_config.steps
         plan = self._transition(lambda p: rollout.start(p, planned, self.env.wall()))
         await self._commit_rollout(plan, plan.weight, who, "start")
 
@@ -534,18 +539,13 @@ class Service:
         now = self.env.wall()
         gate = judge.gate(self.env.monotonic()) if judge is not None else None
         requests = gate.canary_requests if gate is not None else 0
-        waits = rollout.waiting_for(
-            plan,
-            settings,
-            now,
-            requests,
-            gate.more_requests if gate is not None else 0,
-            gate.shown if gate is not None else True,
-        )
+        more = gate.more_requests if gate is not None else 0
+        shown = gate.shown if gate is not None else True
+        waits = rollout.waiting_for(plan, settings, now, requests, more, shown)
         return {
             "service": self.name,
             "state": plan.state,
-            "steps": list(plan.steps or (self.config.rollout or RolloutConfig()).steps),
+            "steps": list(plan.steps or self.plan_config.steps),
             "step": plan.step,
             "weight": plan.weight if plan.step >= 0 else None,
             "reason": plan.reason,
@@ -559,12 +559,10 @@ class Service:
             },
             "gate": gate.evidence if gate is not None else None,
             "waiting_for": waits,
-            "seconds_needed": (
-                max(settings.min_step_duration - plan.seconds(now), 0.0)
-                if plan.state == "progressing"
-                else None
+            "seconds_needed": rollout.seconds_needed(plan, settings, now),
+            "canary_requests_needed": rollout.requests_needed(
+                plan, settings, requests, more, shown
             ),
-            "canary_requests_needed": _requests_needed(plan, settings, requests, gate),
         }
 
     # reading -----------------------------------------------------------------------------
@@ -737,18 +735,6 @@ def _promotion_reason(
     step = f"step {plan.step + 1}/{len(plan.steps)} ({plan.weight:g} %)"
     served = f"{canary_requests} canary requests in {rollout.format_seconds(plan.seconds(now))}"
     return f"{step} passed: {served}; " + "; ".join(parts)
-
-
-def _requests_needed(
-    plan: Plan, settings: StepSettings, requests: int, gate: StepGate | None
-) -> int | None:
-    """More canary requests the step needs (None: the gate is not heading to a pass)."""
-    if plan.state != "progressing":
-        return None
-    more = max(settings.min_step_requests - requests, 0)
-    if gate is None or gate.shown:
-        return more
-    return None if gate.more_requests is None else max(more, gate.more_requests)
 
 
 def _codec(config: ServiceConfig, root: Config, env: Env) -> CookieCodec | None:
