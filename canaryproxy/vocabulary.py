@@ -17,6 +17,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Verdict",
     "WeightSource",
     "hostport",
+    "iso_utc",
     "require",
 ]
 
@@ -119,3 +121,9 @@ def require(word: str, vocabulary: tuple[W, ...], what: str) -> W:
 def hostport(host: str, port: int) -> str:
     """``host:port``, with an IPv6 literal in brackets (``[::1]:9001``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def iso_utc(unix_seconds: float) -> str:
+    """``2026-12-02T23:51:08.120Z``: a wall-clock time any client can read."""
+    moment = datetime.fromtimestamp(unix_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -12,9 +12,9 @@ from canaryproxy.decide.health import (
     OutlierDetector,
     is_check_success,
     is_failure_status,
-    iso_utc,
     next_check_delay,
 )
+from canaryproxy.vocabulary import iso_utc
 
 # --- probe helpers ---------------------------------------------------------------------------
 

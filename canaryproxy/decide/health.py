@@ -44,7 +44,8 @@ caller owns the clock and the probe loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+
+from canaryproxy.vocabulary import iso_utc
 
 __all__ = [
     "ActiveCheck",
@@ -52,7 +53,6 @@ __all__ = [
     "OutlierDetector",
     "is_check_success",
     "is_failure_status",
-    "iso_utc",
     "next_check_delay",
 ]
 
@@ -65,12 +65,6 @@ def next_check_delay(interval: float, rng: Callable[[], float]) -> float:
     if interval <= 0:
         raise ValueError(f"interval must be > 0, got {interval}")
     return interval * (1.0 - JITTER + 2.0 * JITTER * rng())
-
-
-def iso_utc(unix_seconds: float) -> str:
-    """``2026-12-02T23:51:08.120Z``: a wall-clock time any client can read."""
-    moment = datetime.fromtimestamp(unix_seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def is_check_success(status: int) -> bool:

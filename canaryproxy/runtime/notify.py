@@ -22,9 +22,10 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
+
+from canaryproxy.vocabulary import iso_utc
 
 __all__ = ["Notice", "Notifier"]
 
@@ -149,11 +150,10 @@ class Notifier:
 
 
 def payload(notice: Notice, at: float) -> dict[str, object]:
-    when = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     return {
         "service": notice.service,
         "event": notice.event,
         "text": notice.text,
         "evidence": None if notice.evidence is None else dict(notice.evidence),
-        "at": when.replace("+00:00", "Z"),
+        "at": iso_utc(at),
     }

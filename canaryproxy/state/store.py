@@ -24,7 +24,6 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +33,7 @@ from canaryproxy.vocabulary import (
     WEIGHT_SOURCES,
     EjectRule,
     WeightSource,
+    iso_utc,
     require,
 )
 
@@ -146,10 +146,9 @@ class AuditEntry:
 def audit_to_dict(entry: AuditEntry) -> dict[str, object]:
     """An audit row as plain JSON values (the admin API, Redis), with its time also in
     ISO 8601 UTC."""
-    when = datetime.fromtimestamp(entry.at, UTC).isoformat(timespec="milliseconds")
     return {
         "at": entry.at,
-        "time": when.replace("+00:00", "Z"),
+        "time": iso_utc(entry.at),
         "who": entry.who,
         "service": entry.service,
         "action": entry.action,
