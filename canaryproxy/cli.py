@@ -242,14 +242,15 @@ def eject(service: str, reason: str | None, admin_url: str | None, config_path: 
 
 @main.command()
 @click.argument("service")
-@click.option("--canary", type=float, help="Resume at this weight (default: the one before).")
+@click.argument("percent", type=float, required=False)
 @_admin_options
 def restore(
-    service: str, canary: float | None, admin_url: str | None, config_path: str | None
+    service: str, percent: float | None, admin_url: str | None, config_path: str | None
 ) -> None:
-    """End the ejection of SERVICE's canary; the judgement starts afresh."""
+    """End the ejection of SERVICE's canary and resume at PERCENT (default: the weight
+    before the ejection); the judgement starts afresh."""
     client = _client(admin_url, config_path)
-    body = {"canary": canary} if canary is not None else {}
+    body = {"canary": percent} if percent is not None else {}
     state = _answer(lambda: client.call("POST", _path(service, "/restore"), body))
     click.echo(f"{service}: canary restored at {state['canary_weight']:g} %")
 

@@ -78,7 +78,7 @@ async def test_weight_eject_restore_change_the_proxy_and_refusals_exit_1(cli: Cl
     assert (code, out) == (0, "web: canary ejected: p99 regression\n")
     code, _, err = await cli("eject", "web")
     assert (code, err.strip()) == (1, "refused (409): the canary is already ejected")
-    assert (await cli("restore", "web", "--canary", "10"))[:2] == (
+    assert (await cli("restore", "web", "10"))[:2] == (
         0,
         "web: canary restored at 10 %\n",
     )
