@@ -81,10 +81,10 @@ def run(config_path: str) -> None:
 )
 @click.option(
     "--ramp-seconds",
-    type=click.FloatRange(min=3),
+    type=click.FloatRange(min=5),
     default=8.0,
     help="Least seconds at each step of the rollout plan 5 → 10 → 25 → 50 → 100 (at least"
-    " 3: the canary measures its load over 3 s).",
+    " 5: the canary measures its load over 3 s, and its bug must show within the step).",
 )
 @click.option(
     "--bug",

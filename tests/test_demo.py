@@ -286,9 +286,9 @@ def test_plan_line_says_what_the_step_waits_for() -> None:
 
 
 # -- the whole demo, as a user runs it --------------------------------------------------------
-# --ramp-seconds 3 (the least): 5 and 10 % pass within about 8 s, and at 25 % the canary's
+# --ramp-seconds 5 (the least): 5 and 10 % pass within about 12 s, and at 25 % the canary's
 # load crosses its limit within its 3 s load window, before the step could pass.
-DEMO = [sys.executable, "-m", "canaryproxy", "demo", "--duration", "20", "--ramp-seconds", "3"]
+DEMO = [sys.executable, "-m", "canaryproxy", "demo", "--duration", "25", "--ramp-seconds", "5"]
 
 
 def banner_field(lines: list[str], name: str) -> str:

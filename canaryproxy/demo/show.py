@@ -9,7 +9,7 @@ What runs, all on 127.0.0.1:
 - the real proxy (``app.Proxy``) and its admin listener, on 8080 and 9901 (the example config's
   example ports) or, when either is taken, on ports the system picks; a generated admin
   token and cookie secret; its state file in a temp dir removed at exit;
-- 200 simulated users, 100 requests/s in all, each keeping its own sticky cookie;
+- 1,000 simulated users, 100 requests/s in all, each keeping its own sticky cookie;
 - the service's rollout plan 5 → 10 → 25 → 50 → 100 %, started by the proxy itself
   (``auto_start``), each step at least ``--ramp-seconds`` long: the proxy promotes 5 and
   10 % on their evidence, and at 25 % the canary's load crosses its limit, it fails, the
@@ -25,8 +25,11 @@ steps is quiet and passes on its time and requests alone (the README's "Rollouts
 real error rates in both pools the gate needs hundreds of failures, more than a minute of
 demo traffic). The canary's load at 10 % (about 10 requests/s) is far enough under the
 limit (17/s, measured over 3 s) that a random burst rarely trips it, and at 25 % (about 25/s)
-far enough over that it trips within a second or two. The comparative test then ejects it
-within a few failures (or slow answers: ``outcomes.slow`` is 150 ms).
+far enough over that it trips within a second or two. The crowd is large so that the users
+``cohort`` mode puts in the canary are its weight's share within a percent or two (with
+200 users, a 25 % step could land near 19 % and pass before the load tripped the bug),
+and a step lasts at least 5 s so that the 3 s load window fills within it. The comparative
+test then ejects it within a few failures (or slow answers: ``outcomes.slow`` is 150 ms).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from canaryproxy.state.store import SqliteStateStore
 __all__ = ["demo_config", "run_demo"]
 
 STEPS = (5.0, 10.0, 25.0, 50.0, 100.0)
-USERS = 200
+USERS = 1000  # many: the canary's share of them, and so its load, is close to its weight
 REQUESTS_PER_SECOND = 100.0
 LOAD_LIMIT = 17.0  # requests/s at the canary past which its bug shows
 LOAD_SPAN = 3.0  # seconds over which the canary measures its load
