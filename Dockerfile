@@ -30,15 +30,22 @@
 #     canaryproxy:0.1.0 canaryproxy check --config /etc/canaryproxy/canaryproxy.yaml
 
 # Stage 1: build the wheel. The request path is compiled to C by mypyc (setup.py), which
-# needs a C compiler; the compiler stays in this stage.
+# needs a C compiler; the compiler stays in this stage. Every package installed in either
+# stage is the version and hash in uv.lock: uv (pinned with its hashes in uv-bootstrap.txt)
+# exports the lock as hashed requirements, and pip installs them with --require-hashes.
 FROM python:3.11-slim-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY uv-bootstrap.txt uv.lock pyproject.toml setup.py README.md ./
 COPY canaryproxy ./canaryproxy
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip install --no-cache-dir --require-hashes --no-deps -r uv-bootstrap.txt \
+    && mkdir /wheels \
+    && uv export --quiet --frozen --no-emit-project -o /wheels/requirements.txt \
+    && uv export --quiet --frozen --no-emit-project --extra build -o /tmp/build.txt \
+    && pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build.txt \
+    && pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels .
 
 # Stage 2: the image that runs.
 FROM python:3.11-slim-bookworm
@@ -61,9 +68,12 @@ RUN groupadd --system --gid 10001 canaryproxy \
     && mkdir -p /etc/canaryproxy /var/lib/canaryproxy \
     && chown canaryproxy:canaryproxy /var/lib/canaryproxy
 
-# Only the wheel built above (.dockerignore keeps the rest out of the build context).
+# Only the wheel built above and the locked runtime requirements (.dockerignore keeps the
+# rest out of the build context).
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /wheels/requirements.txt \
+    && pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && rm -rf /wheels
 
 WORKDIR /var/lib/canaryproxy
 VOLUME ["/var/lib/canaryproxy"]

@@ -3,6 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv installs exactly uv.lock into $(VENV). uv itself is pinned, with its hashes, in
+# uv-bootstrap.txt and lives in a venv of its own, so a sync never removes it.
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+# The machine's Python ($(PY)); uv never downloads one.
+export UV_PYTHON_DOWNLOADS := never
 # The request path's modules compiled by mypyc (setup.py), next to their sources: any
 # change to the package rebuilds them, so tests and the demo never run a stale copy.
 # CANARYPROXY_COMPILE=0: run the request path interpreted (no C compiler needed; slower,
@@ -15,15 +21,20 @@ else
 COMPILED := $(VENV)/.compiled
 endif
 
-.PHONY: demo test bench build backends clean
+.PHONY: demo test bench build backends clean lock upgrade
 
-# Installed editable without compiling; $(COMPILED) then builds the extensions in place.
-$(STAMP): pyproject.toml
-	@echo "==> creating the virtualenv in $(VENV)"
-	$(PY) -m venv $(VENV) || { echo "make: '$(PY) -m venv' failed: install Python's venv (Debian: apt install python3-venv)" >&2; exit 1; }
-	@echo "==> installing canaryproxy and its dependencies (about a minute the first time)"
-	$(BIN)/pip install -q --upgrade pip setuptools
-	CANARYPROXY_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
+$(UV): uv-bootstrap.txt
+	@echo "==> installing uv (pinned in uv-bootstrap.txt) into $(TOOLS)"
+	$(PY) -m venv $(TOOLS) || { echo "make: '$(PY) -m venv' failed: install Python's venv (Debian: apt install python3-venv)" >&2; exit 1; }
+	$(TOOLS)/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r uv-bootstrap.txt
+	touch $(UV)
+
+# Exactly the lock (--locked: a uv.lock that no longer matches pyproject.toml is an error,
+# never silently re-resolved), the package editable and not compiled; $(COMPILED) then
+# builds the extensions in place.
+$(STAMP): pyproject.toml uv.lock $(UV)
+	@echo "==> installing canaryproxy and its locked dependencies into $(VENV)"
+	CANARYPROXY_COMPILE=0 $(UV) sync --quiet --locked --extra dev --python $(PY)
 	touch $(STAMP)
 
 # From scratch: an extension of a module no longer listed must not outlive it.
@@ -48,6 +59,7 @@ demo: $(COMPILED)
 
 # Format check, lint, types, tests: the one command CI runs.
 test: $(COMPILED)
+	$(UV) lock --check --offline --python $(PY)
 	$(BIN)/ruff format --check canaryproxy tests benchmarks setup.py
 	$(BIN)/ruff check canaryproxy tests benchmarks setup.py
 	$(BIN)/mypy
@@ -61,6 +73,16 @@ backends: $(STAMP)
 bench: $(COMPILED)
 	$(BIN)/python -m benchmarks
 
+# After editing pyproject.toml's dependencies: the smallest change to uv.lock that fits them.
+lock: $(UV)
+	$(UV) lock --python $(PY)
+
+# Every pin (and uv's own) to the newest release pyproject.toml's ranges allow; then run
+# `make test` and commit uv.lock and uv-bootstrap.txt together with any fixes.
+upgrade: $(UV)
+	$(UV) lock --upgrade --python $(PY)
+	echo uv | $(UV) pip compile --quiet --universal --generate-hashes --no-header - -o uv-bootstrap.txt
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.so
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache build *.so
 	find canaryproxy -name '*.so' -delete

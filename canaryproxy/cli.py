@@ -18,6 +18,7 @@ from urllib.parse import quote
 import click
 
 from canaryproxy.config.load import Config, ConfigError, config_warnings, load_config, summarize
+from canaryproxy.config.schema import parse_address
 from canaryproxy.outcomes import logs
 from canaryproxy.state.store import StateError
 
@@ -94,21 +95,49 @@ def run(config_path: str) -> None:
     help="What the canary does under load: fail (--failure-rate) or answer 300 ms late.",
 )
 @click.option("--no-traffic", is_flag=True, help="Start everything but the traffic generator.")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="The proxy's address (port 0: one the system picks). Default: 127.0.0.1:8080, or a"
+    " port the system picks when 8080 is taken.",
+)
+@click.option(
+    "--admin",
+    metavar="HOST:PORT",
+    default=None,
+    help="The admin listener's address, likewise. Default: 127.0.0.1:9901, or a free port.",
+)
 def demo(
     duration: float | None,
     failure_rate: float,
     ramp_seconds: float,
     bug: Literal["errors", "latency"],
     no_traffic: bool,
+    listen: str | None,
+    admin: str | None,
 ) -> None:
     """A self-contained show: a rollout plan promoted on evidence, then aborted."""
-    from canaryproxy.demo.show import run_demo
+    from canaryproxy.demo.show import PortTaken, run_demo
+
+    for option, value in (("--listen", listen), ("--admin", admin)):
+        if value is not None:
+            try:
+                parse_address(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=option) from None
 
     # Plain mode: the ejection and health flips also as JSON lines on stderr. The live view
     # shows them itself, and raw lines on the terminal would tear its redraws.
     logs.setup(logging.ERROR if sys.stdout.isatty() else logging.WARNING)
 
-    sys.exit(_run_loop(run_demo(duration, failure_rate, ramp_seconds, no_traffic, bug)))
+    show = run_demo(duration, failure_rate, ramp_seconds, no_traffic, bug, (listen, admin))
+    try:
+        code = _run_loop(show)
+    except PortTaken as exc:
+        click.echo(f"canaryproxy demo: {exc}", err=True)
+        sys.exit(EXIT_FATAL)
+    sys.exit(code)
 
 
 # -- the operator's commands: a client of the admin API ---------------------------------------

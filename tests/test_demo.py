@@ -8,6 +8,7 @@ import asyncio
 import io
 import os
 import re
+import socket
 import sys
 import tempfile
 from typing import Any
@@ -203,7 +204,12 @@ def test_render_builds_a_renderable_with_the_ejection() -> None:
 # -- config, banner, ramp ---------------------------------------------------------------------
 def test_demo_config_is_a_valid_config_with_the_demos_choices() -> None:
     config = demo.demo_config(
-        "http://127.0.0.1:1", "http://127.0.0.1:2", (0, 9), "tok", "s", "x.db"
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+        ("127.0.0.1:0", "127.0.0.1:9"),
+        "tok",
+        "s",
+        "x.db",
     )
     web = config.services["web"]
     assert (config.listen.port, config.admin.listen.port, config.admin.token) == (0, 9, "tok")
@@ -288,7 +294,49 @@ def test_plan_line_says_what_the_step_waits_for() -> None:
 # -- the whole demo, as a user runs it --------------------------------------------------------
 # --ramp-seconds 5 (the least): 5 and 10 % pass within about 12 s, and at 25 % the canary's
 # load crosses its limit within its 3 s load window, before the step could pass.
+# Ports the system picks: never the walkthrough's 8080 and 9901, which a user may be using.
+EPHEMERAL = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
 DEMO = [sys.executable, "-m", "canaryproxy", "demo", "--duration", "25", "--ramp-seconds", "5"]
+DEMO += EPHEMERAL
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin", "attempts"),
+    [
+        (None, None, [("127.0.0.1:8080", "127.0.0.1:9901"), ("127.0.0.1:0", "127.0.0.1:0")]),
+        ("127.0.0.1:0", "127.0.0.1:0", [("127.0.0.1:0", "127.0.0.1:0")]),
+        ("127.0.0.1:7", None, [("127.0.0.1:7", "127.0.0.1:9901"), ("127.0.0.1:7", "127.0.0.1:0")]),
+    ],
+)
+def test_demo_ports_given_are_kept_and_the_rest_fall_back(
+    listen: str | None, admin: str | None, attempts: list[tuple[str, str]]
+) -> None:
+    assert demo.listen_attempts(listen, admin) == attempts
+
+
+async def test_demo_says_plainly_that_a_given_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        proc = await asyncio.create_subprocess_exec(
+            *DEMO[:-4], "--listen", address, "--admin", "127.0.0.1:0", "--no-traffic",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert f"cannot listen on {address}" in err.decode()
+
+
+async def test_demo_refuses_a_malformed_address() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *DEMO[:-4], "--listen", "nowhere", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "--listen" in err.decode()
+    assert "host:port" in err.decode()
 
 
 def banner_field(lines: list[str], name: str) -> str:

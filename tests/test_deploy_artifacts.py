@@ -985,8 +985,15 @@ def test_dockerfile_keeps_its_contract() -> None:
     assert dockerfile_args("STOPSIGNAL") == ["SIGTERM"]
     assert dockerfile_args("VOLUME") == ["/var/lib/canaryproxy"]
     runs = [i.args for i in instructions if i.keyword == "RUN"]
-    assert any(r.endswith("pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .") for r in runs)
-    assert any(r.startswith("pip install --no-cache-dir /wheels/") for r in runs)
+    wheel = "pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels ."
+    assert any(r.endswith(wheel) for r in runs)
+    # Every install is the lock's: hashed requirements exported by the pinned uv.
+    locked = "pip install --no-cache-dir --require-hashes --no-deps -r"
+    pip_installs = [part.strip() for r in runs for part in r.split("&&") if "pip install" in part]
+    assert all(p.startswith(locked) or p.endswith("--no-deps /wheels/*.whl") for p in pip_installs)
+    assert f"{locked} uv-bootstrap.txt" in pip_installs
+    assert any("uv export --quiet --frozen --no-emit-project" in r for r in runs)
+    assert any(p.startswith(f"{locked} /wheels/requirements.txt") for p in pip_installs)
     (check,) = [i.args for i in instructions if i.keyword == "HEALTHCHECK"]
     assert _words(check.partition("CMD ")[2])[0] == "python"  # slim has no curl or wget
     env = " ".join(dockerfile_args("ENV"))
@@ -1017,9 +1024,10 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest() -> None:
     copied = [w for i in dockerfile() if i.keyword == "COPY" for w in i.args.split()[:-1]]
     readme = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"]
     assert {"pyproject.toml", "setup.py", readme, "canaryproxy"} <= set(copied)
+    assert {"uv.lock", "uv-bootstrap.txt"} <= set(copied)
     for source in [*copied, "canaryproxy/cli.py"]:
         assert not dockerignored(source, patterns), source
-    unwanted = [".git", ".venv", "var/state.db", "canaryproxy/__pycache__/x.pyc", ".env"]
+    unwanted = [".git", ".venv", ".tools", "var/state.db", "canaryproxy/__pycache__/x.pyc", ".env"]
     unwanted += ["canaryproxy/engine/server.cpython-311-x86_64-linux-gnu.so"]
     assert not dockerignored("canaryproxy/var.py", ["var"])  # the check itself: root-anchored
     for path in unwanted:

@@ -7,7 +7,8 @@ What runs, all on 127.0.0.1:
   requests a second (about a fifth of the traffic) it fails ``failure_rate`` of its
   requests with a 500 (``--bug errors``) or answers 300 ms late (``--bug latency``);
 - the real proxy (``app.Proxy``) and its admin listener, on 8080 and 9901 (the example config's
-  example ports) or, when either is taken, on ports the system picks; a generated admin
+  example ports) or, when either is taken, on ports the system picks; ``--listen`` and
+  ``--admin`` choose them instead (port 0: one the system picks); a generated admin
   token and cookie secret; its state file in a temp dir removed at exit;
 - 1,000 simulated users, 100 requests/s in all, each keeping its own sticky cookie;
 - the service's rollout plan 5 → 10 → 25 → 50 → 100 %, started by the proxy itself
@@ -64,6 +65,7 @@ from canaryproxy.demo.view import (
 )
 from canaryproxy.outcomes.accesslog import AccessLog
 from canaryproxy.state.store import SqliteStateStore
+from canaryproxy.vocabulary import hostport
 
 __all__ = ["demo_config", "run_demo"]
 
@@ -75,8 +77,9 @@ LOAD_SPAN = 3.0  # seconds over which the canary measures its load
 BUG_DELAY = 0.3  # seconds the canary's latency bug adds
 MAX_IN_FLIGHT = 64  # past this, a slow proxy makes the generator skip rather than pile up
 PATHS = ("/", "/products", "/cart", "/search?q=boots", "/api/items/42")
-PREFERRED_PORTS = (8080, 9901)
 LOCAL = "127.0.0.1"
+PREFERRED = (f"{LOCAL}:8080", f"{LOCAL}:9901")  # the proxy's and the admin listener's
+EPHEMERAL = f"{LOCAL}:0"
 
 
 BANNER = """\
@@ -159,7 +162,7 @@ async def start_backend(
 def demo_config(
     stable_url: str,
     canary_url: str,
-    ports: tuple[int, int],
+    listen: tuple[str, str],
     token: str,
     secret: str,
     state: str,
@@ -184,8 +187,8 @@ def demo_config(
         "error_budget": budget,
     }
     data = {
-        "listen": f"{LOCAL}:{ports[0]}",
-        "admin": {"listen": f"{LOCAL}:{ports[1]}", "token": token},
+        "listen": listen[0],
+        "admin": {"listen": listen[1], "token": token},
         "state": {"path": state},
         "sticky": {"secrets": [secret], "mode": "cohort"},
         "limits": {"drain_timeout": "2s"},
@@ -194,24 +197,50 @@ def demo_config(
     return parse_config(data, env={})
 
 
+class PortTaken(Exception):
+    """An address given with ``--listen`` or ``--admin`` could not be bound."""
+
+
+def listen_attempts(listen: str | None, admin: str | None) -> list[tuple[str, str]]:
+    """Where to try: a given address as it is; one not given at its preferred port, then at
+    one the system picks."""
+    first = (listen or PREFERRED[0], admin or PREFERRED[1])
+    second = (listen or EPHEMERAL, admin or EPHEMERAL)
+    return [first] if first == second else [first, second]
+
+
 async def start_proxy(
-    stable_url: str, canary_url: str, token: str, tmp: str, step_seconds: float
+    stable_url: str,
+    canary_url: str,
+    token: str,
+    tmp: str,
+    step_seconds: float,
+    listen: str | None = None,
+    admin: str | None = None,
 ) -> Proxy:
-    """The proxy on the preferred ports, or on ephemeral ones when those are taken."""
+    """The proxy where ``listen_attempts`` says: the first pair that binds."""
     secret = secrets.token_urlsafe(32)
-    for attempt, ports in enumerate((PREFERRED_PORTS, (0, 0))):
+    attempts = listen_attempts(listen, admin)
+    for attempt, addresses in enumerate(attempts):
         state = os.path.join(tmp, f"state-{attempt}.db")
-        config = demo_config(stable_url, canary_url, ports, token, secret, state, step_seconds)
+        config = demo_config(stable_url, canary_url, addresses, token, secret, state, step_seconds)
         proxy = Proxy(config, store=SqliteStateStore(state), access_log=AccessLog(None))
         try:
             await proxy.start()
-        except OSError:
+        except OSError as exc:
             await proxy.stop()
-            if ports == (0, 0):
-                raise
+            if attempt == len(attempts) - 1:
+                given = [a for a in (listen, admin) if a is not None]
+                raise PortTaken(f"cannot listen on {' or '.join(given)}: {exc}") from exc
         else:
             return proxy
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def url_of(address: tuple[str, int]) -> str:
+    """Where a client on this machine reaches a bound address (a wildcard through loopback)."""
+    host, port = address
+    return f"http://{hostport(LOCAL if host in ('', '0.0.0.0', '::') else host, port)}"
 
 
 def bug_text(bug: Bug, failure: float) -> str:
@@ -402,6 +431,7 @@ async def start_all(
     token: str,
     tmp: str,
     rng: random.Random,
+    listen: tuple[str | None, str | None] = (None, None),
 ) -> Proxy:
     """Both backends, then the proxy in front of them; ``stack`` stops them in reverse."""
     urls = []
@@ -412,7 +442,7 @@ async def start_all(
         runner, url = await start_backend(version, latency, rng, its_bug)
         stack.push_async_callback(runner.cleanup)
         urls.append(url)
-    proxy = await start_proxy(urls[0], urls[1], token, tmp, step_seconds)
+    proxy = await start_proxy(urls[0], urls[1], token, tmp, step_seconds, *listen)
     stack.push_async_callback(proxy.stop)
     return proxy
 
@@ -423,13 +453,14 @@ async def run_demo(
     ramp_seconds: float,
     no_traffic: bool,
     bug: Bug = "errors",
+    listen: tuple[str | None, str | None] = (None, None),
 ) -> int:
     rng, token = random.Random(), secrets.token_urlsafe(18)
     with tempfile.TemporaryDirectory(prefix="canaryproxy-demo-") as tmp:
         async with AsyncExitStack() as stack:
-            proxy = await start_all(stack, (bug, failure_rate), ramp_seconds, token, tmp, rng)
-            proxy_url = f"http://{LOCAL}:{proxy.proxy_address[1]}"
-            admin_url = f"http://{LOCAL}:{proxy.admin_address[1]}"
+            bugs = (bug, failure_rate)
+            proxy = await start_all(stack, bugs, ramp_seconds, token, tmp, rng, listen)
+            proxy_url, admin_url = url_of(proxy.proxy_address), url_of(proxy.admin_address)
             state = proxy.config.state.path
             what = bug_text(bug, failure_rate)
             print(banner(proxy_url, admin_url, token, state, what, no_traffic), flush=True)

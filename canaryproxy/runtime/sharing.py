@@ -105,7 +105,7 @@ class Sharing:
                 delay = min(delay * 2, BACKOFF_MAX)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     # counts ----------------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
