@@ -230,7 +230,7 @@ async def start_proxy(
         except OSError as exc:
             await proxy.stop()
             if attempt == len(attempts) - 1:
-                given = [a for a in (listen, admin) if a is not None]
+                given = [a for a in (listen, admin) if a is not None] or list(addresses)
                 raise PortTaken(f"cannot listen on {' or '.join(given)}: {exc}") from exc
         else:
             return proxy
