@@ -311,7 +311,7 @@ DEMO += EPHEMERAL
 def test_demo_ports_given_are_kept_and_the_rest_fall_back(
     listen: str | None, admin: str | None, attempts: list[tuple[str, str]]
 ) -> None:
-    assert demo.listen_attempts(listen, admin) == attempts
+    assert demo.listen_attempts((listen, admin)) == attempts
 
 
 async def test_demo_says_plainly_that_a_given_port_is_taken() -> None:

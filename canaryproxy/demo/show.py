@@ -80,6 +80,9 @@ PATHS = ("/", "/products", "/cart", "/search?q=boots", "/api/items/42")
 LOCAL = "127.0.0.1"
 PREFERRED = (f"{LOCAL}:8080", f"{LOCAL}:9901")  # the proxy's and the admin listener's
 EPHEMERAL = f"{LOCAL}:0"
+# The proxy's and the admin listener's addresses from --listen and --admin; None: not given.
+Given = tuple[str | None, str | None]
+NOT_GIVEN: Given = (None, None)
 
 
 BANNER = """\
@@ -201,9 +204,10 @@ class PortTaken(Exception):
     """An address given with ``--listen`` or ``--admin`` could not be bound."""
 
 
-def listen_attempts(listen: str | None, admin: str | None) -> list[tuple[str, str]]:
+def listen_attempts(given: Given) -> list[tuple[str, str]]:
     """Where to try: a given address as it is; one not given at its preferred port, then at
     one the system picks."""
+    listen, admin = given
     first = (listen or PREFERRED[0], admin or PREFERRED[1])
     second = (listen or EPHEMERAL, admin or EPHEMERAL)
     return [first] if first == second else [first, second]
@@ -215,12 +219,11 @@ async def start_proxy(
     token: str,
     tmp: str,
     step_seconds: float,
-    listen: str | None = None,
-    admin: str | None = None,
+    given: Given = NOT_GIVEN,
 ) -> Proxy:
     """The proxy where ``listen_attempts`` says: the first pair that binds."""
     secret = secrets.token_urlsafe(32)
-    attempts = listen_attempts(listen, admin)
+    attempts = listen_attempts(given)
     for attempt, addresses in enumerate(attempts):
         state = os.path.join(tmp, f"state-{attempt}.db")
         config = demo_config(stable_url, canary_url, addresses, token, secret, state, step_seconds)
@@ -230,8 +233,8 @@ async def start_proxy(
         except OSError as exc:
             await proxy.stop()
             if attempt == len(attempts) - 1:
-                given = [a for a in (listen, admin) if a is not None] or list(addresses)
-                raise PortTaken(f"cannot listen on {' or '.join(given)}: {exc}") from exc
+                named = [a for a in given if a is not None] or list(addresses)
+                raise PortTaken(f"cannot listen on {' or '.join(named)}: {exc}") from exc
         else:
             return proxy
     raise AssertionError("unreachable: the last attempt returns or raises")
@@ -431,7 +434,7 @@ async def start_all(
     token: str,
     tmp: str,
     rng: random.Random,
-    listen: tuple[str | None, str | None] = (None, None),
+    given: Given = NOT_GIVEN,
 ) -> Proxy:
     """Both backends, then the proxy in front of them; ``stack`` stops them in reverse."""
     urls = []
@@ -442,7 +445,7 @@ async def start_all(
         runner, url = await start_backend(version, latency, rng, its_bug)
         stack.push_async_callback(runner.cleanup)
         urls.append(url)
-    proxy = await start_proxy(urls[0], urls[1], token, tmp, step_seconds, *listen)
+    proxy = await start_proxy(urls[0], urls[1], token, tmp, step_seconds, given)
     stack.push_async_callback(proxy.stop)
     return proxy
 
@@ -453,13 +456,13 @@ async def run_demo(
     ramp_seconds: float,
     no_traffic: bool,
     bug: Bug = "errors",
-    listen: tuple[str | None, str | None] = (None, None),
+    given: Given = NOT_GIVEN,
 ) -> int:
     rng, token = random.Random(), secrets.token_urlsafe(18)
     with tempfile.TemporaryDirectory(prefix="canaryproxy-demo-") as tmp:
         async with AsyncExitStack() as stack:
             bugs = (bug, failure_rate)
-            proxy = await start_all(stack, bugs, ramp_seconds, token, tmp, rng, listen)
+            proxy = await start_all(stack, bugs, ramp_seconds, token, tmp, rng, given)
             proxy_url, admin_url = url_of(proxy.proxy_address), url_of(proxy.admin_address)
             state = proxy.config.state.path
             what = bug_text(bug, failure_rate)
