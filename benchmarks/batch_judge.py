@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from canaryproxy.judge.budget import Ejection, Judge
+from canaryproxy.judge.budget import BACKSTOP_MIN_USERS, Ejection, Judge
+from canaryproxy.judge.users import ANONYMOUS
 from canaryproxy.judge.window import latency_bin
 from canaryproxy.vocabulary import Pool
 
@@ -29,14 +30,25 @@ def record_successes(
     done = 0
     if judge._ejection is None:
         for cut in tipping_points(judge, canary, count, slow):
-            judge._add(canary, cut - done, 0, slow, lat_bin, 0)
+            _bulk(judge, canary, cut - done, slow, lat_bin)
             done = cut
             ejection = judge._judge()
             if ejection is not None:
-                judge._add(canary, count - done, 0, slow, lat_bin, 0)
+                _bulk(judge, canary, count - done, slow, lat_bin)
                 return ejection
-    judge._add(canary, count - done, 0, slow, lat_bin, 0)
+    _bulk(judge, canary, count - done, slow, lat_bin)
     return None
+
+
+def _bulk(judge: Judge, canary: bool, count: int, slow: bool, lat_bin: int) -> None:
+    """``count`` successes of as many users unknown to the judge, each a user of its own."""
+    if count <= 0:
+        return
+    judge.see_user(canary, ANONYMOUS, count)
+    judge._add(canary, count, 0, slow, lat_bin, 0)
+    if canary and slow:
+        for _ in range(count):
+            judge._mark_backstop(False, True, ANONYMOUS, ANONYMOUS)
 
 
 def tipping_points(judge: Judge, canary: bool, count: int, slow: bool) -> list[int]:
@@ -53,25 +65,26 @@ def tipping_points(judge: Judge, canary: bool, count: int, slow: bool) -> list[i
     stable, slot = judge._stable, judge._slot
     guarded = judge._is_stable_degraded()
     pending = judge._errors.log_odds >= judge._threshold
-    n, errors, n_slow = judge._backstop_counts()
+    n, errors, n_slow, users = judge._backstop_counts()
     fires = judge._backstop_fires
     if not canary:
         points = {
             lift_point(judge, stable.n_errors, stable.n, count),
             lift_point(judge, stable.errors[slot], stable.requests[slot], count),
         }
-        if not guarded and (pending or fires(n, errors, n_slow)):
+        if not guarded and (pending or fires(n, errors, n_slow, users)):
             points.add(1)
     elif guarded:
         return []
     elif judge._flagged[slot]:  # these successes are not the backstop's
-        points = {1} if pending or fires(n, errors, n_slow) else set()
+        points = {1} if pending or fires(n, errors, n_slow, users) else set()
     else:
         points = {judge._min_requests - n}
-        if pending or fires(n + 1, errors, n_slow + slow):
+        if pending or fires(n + 1, errors, n_slow + slow, users + 1):
             points.add(1)
-        if slow:  # the first k with 100·(n_slow + k) > n + k
-            points.add(max(judge._min_requests - n, (n - 100 * n_slow) // 99 + 1))
+        if slow:  # the first k with 100·(n_slow + k) > users + k, and two slow users
+            first = max((users - 100 * n_slow) // 99 + 1, BACKSTOP_MIN_USERS - n_slow)
+            points.add(max(judge._min_requests - n, first))
     return sorted(k for k in points if k is not None and 1 <= k <= count)
 
 

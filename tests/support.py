@@ -46,6 +46,7 @@ class Backend:
         self.health_status = 200
         self.fail_rate_every = 0  # every Nth request answers 500 (0: never)
         self.fail_fraction = 0.0  # this share of requests answers 500, evenly spread
+        self.fail_paths: set[str] = set()  # requests for these paths answer 500 (bad inputs)
         self.mark_failure_every = 0  # every Nth answer says X-Canary-Outcome: failure
         self.marked = 0  # answers so marked
         self.delay = 0.0  # seconds before each answer to /
@@ -99,7 +100,9 @@ class Backend:
         self._note(request, body=body)
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.fail_rate_every and self.count % self.fail_rate_every == 0:
+        if request.path in self.fail_paths or (
+            self.fail_rate_every and self.count % self.fail_rate_every == 0
+        ):
             return web.Response(status=500, text=f"{self.name} failed")
         n, share = self.count, self.fail_fraction
         if share and int(n * share) != int((n - 1) * share):
@@ -240,6 +243,24 @@ def free_port() -> int:
 def dead_url() -> str:
     """A URL nothing listens on (connect is refused)."""
     return f"http://{LOCAL}:{free_port()}"
+
+
+_next_user_address = iter(range(1, 1 << 20))
+
+
+def user_address() -> str:
+    """A loopback address no other simulated user of this test run has: 127.x.y.z, so
+    that the judge, which weighs one client address as one user, sees a crowd."""
+    n = next(_next_user_address)
+    return f"127.{16 + n // 62500 % 200}.{n // 250 % 250}.{n % 250 + 1}"
+
+
+def user_session(**kwargs: Any) -> aiohttp.ClientSession:
+    """A simulated user: its own cookie jar and its own source address (``user_address``)."""
+    kwargs.setdefault("cookie_jar", aiohttp.CookieJar(unsafe=True))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(user_address(), 0)), **kwargs
+    )
 
 
 def service(
@@ -506,11 +527,12 @@ class ProxyClient:
         }
 
     async def get(self, n: int, connections: int = 16) -> list[int]:
-        """``n`` requests, ``connections`` at a time; the statuses."""
+        """``n`` requests of as many new users (each from its own address, without a
+        cookie), ``connections`` at a time; the statuses."""
         statuses: list[int] = []
 
         async def one() -> None:
-            async with self.session.get(f"{self.base}/") as resp:
+            async with user_session() as session, session.get(f"{self.base}/") as resp:
                 await resp.read()
                 statuses.append(resp.status)
 

@@ -112,7 +112,7 @@ def test_no_update_when_one_pool_has_no_requests(pool: Pool) -> None:
     feed(judge, pool, 50, errors=20)
     assert llrs(judge) == [0.0] * 6
     assert number(judge, "log_odds") == 0.0
-    assert judge.evidence(0.0)["canary_share_of_requests_window"] is None
+    assert judge.evidence(0.0)["canary_share_of_users_window"] is None
 
 
 def test_share_is_measured_over_the_window_not_since_reset() -> None:
@@ -186,7 +186,7 @@ def test_comparative_reason_reads_like_the_spec() -> None:
     _, ejection = fired[0]
     # it tips on the 4th canary error, at w = 5/100
     assert ejection.reason == (
-        "canary errors 4 of 4 while serving 5 % of requests: "
+        "canary users with errors 4 of 4 while serving 5 % of users: "
         f"{format_odds(_hand_log_odds(4))} against no-worse-than-stable"
     )
     assert _hand_log_odds(3) < math.log(2000) <= _hand_log_odds(4)
@@ -244,14 +244,16 @@ def test_backstop_reason_reads_like_the_spec() -> None:
     judge = Judge(BudgetParams(), 0.0)
     feed(judge, "canary", 43, errors=43)
     fired = feed(judge, "canary", 100, errors=0)
-    assert fired[0][1].reason == "error rate 0.43 > 0.10 over 60s, 100 requests"
+    assert fired[0][1].reason == "error rate 0.43 > 0.10 (43 of 100 users) over 60s, 100 requests"
 
 
 def test_backstop_prints_enough_digits_to_show_the_difference() -> None:
     judge = Judge(BudgetParams(min_requests=1000), 0.0)
     feed(judge, "canary", 101, errors=101)
     fired = feed(judge, "canary", 1000, errors=0)
-    assert fired[0][1].reason == "error rate 0.101 > 0.100 over 60s, 1000 requests"
+    assert (
+        fired[0][1].reason == "error rate 0.101 > 0.100 (101 of 1000 users) over 60s, 1000 requests"
+    )
 
 
 @pytest.mark.parametrize(
@@ -276,7 +278,10 @@ def test_backstop_p99(limit: float | None, slow: int, slow_latency: float, fires
     assert bool(fired) == fires
     if fires:
         assert fired[0][0] == 100 - slow  # on the 100th request
-        assert fired[0][1].reason == "p99 latency > 1s over 60s, 100 requests: 2 slower than 1s"
+        assert (
+            fired[0][1].reason
+            == "p99 latency > 1s over 60s, 100 requests: 2 of 100 users slower than 1s"
+        )
 
 
 def test_backstop_forgets_what_left_the_window() -> None:
@@ -347,7 +352,7 @@ def test_guard_holds_the_backstop_and_stables_bad_buckets_stay_out_afterwards() 
     assert judge.verdict(1.0) == "insufficient_samples"
     assert feed(judge, "canary", 99, errors=20, now=1.0) == []  # 99 < min_requests
     fired = feed(judge, "canary", 1, now=1.0)  # bucket 0 (20 % stable errors) stays out
-    assert fired[0][1].reason == "error rate 0.20 > 0.10 over 10s, 100 requests"
+    assert fired[0][1].reason == "error rate 0.20 > 0.10 (20 of 100 users) over 10s, 100 requests"
 
 
 def test_comparative_crossing_under_guard_ejects_when_the_guard_lifts() -> None:
@@ -370,14 +375,30 @@ def test_fresh_judge_has_insufficient_samples_and_no_estimate() -> None:
     assert judge.evidence(0.0)["canary_requests_needed"] is None
 
 
+def test_no_estimate_while_no_user_had_an_error() -> None:
+    judge = Judge(BudgetParams(), 0.0)
+    for _ in range(3):  # however many requests arrive, no number: nothing to extrapolate
+        feed(judge, "stable", 950)
+        feed(judge, "canary", 50)
+        evidence = judge.evidence(0.0)
+        assert evidence["canary_requests_needed"] is None
+        assert evidence["quiet"] is True
+
+
 def test_estimate_follows_the_documented_formula() -> None:
     judge = Judge(BudgetParams(), 0.0)
     feed(judge, "stable", 950)
     feed(judge, "canary", 50)
-    # no errors: q = w = 0.05, p = 1/1001; the healthy boundary is nearer
-    drift = math.log(1.05) - 0.05 * math.log(2)
-    expected = math.ceil(math.log(20) / drift * 0.05 * 1001)
-    assert judge.evidence(0.0)["canary_requests_needed"] == expected
+    feed(judge, "stable", 1, errors=1)
+    # one stable error at w = 50/1001: q = w / 2; the healthy boundary is nearer
+    w = 50 / 1001
+    q = w / 2
+    eta = -(0.0 - math.log1p(w))  # one stable error moved healthy's test up
+    drift = math.log1p(w) - q * math.log(2)
+    expected = math.ceil((math.log(20) - eta) / drift * 50 / 1)
+    evidence = judge.evidence(0.0)
+    assert evidence["quiet"] is False
+    assert evidence["canary_requests_needed"] == expected
 
 
 def test_estimate_heads_for_ejection_when_canary_takes_the_errors() -> None:

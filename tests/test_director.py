@@ -32,7 +32,7 @@ class Recorder:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def attempt_failed(self, pool: Pool, kind: FailureKind) -> None:
+    def attempt_failed(self, pool: Pool, kind: FailureKind, route: object = None) -> None:
         self.failed.append((self.service, pool, kind))
 
     def fallback(self, wanted: Pool, served: Pool) -> None:

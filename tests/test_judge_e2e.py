@@ -11,7 +11,14 @@ import aiohttp
 import pytest
 
 from canaryproxy.state.store import SqliteStateStore
-from tests.support import Backend, RunningProxy, make_config, service, start_proxy
+from tests.support import (
+    Backend,
+    RunningProxy,
+    make_config,
+    service,
+    start_proxy,
+    user_session,
+)
 
 BUDGET = {"min_requests": 50, "window": "30s"}
 
@@ -22,7 +29,7 @@ def web(stable: Backend, canary: Backend, weight: float, **extra: Any) -> dict[s
 
 
 def user() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    return user_session()
 
 
 async def traffic(proxy: RunningProxy, requests: int, users: int = 40) -> list[str]:

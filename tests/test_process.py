@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support import LOCAL, Backend, ProxyProcess
+from tests.support import LOCAL, Backend, ProxyProcess, user_session
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "process-test-token"
@@ -326,7 +326,7 @@ def judge_config(tmp: Path, stable: Backend, canary: Backend) -> Path:
 
 async def drive(port: int, requests: int, users: int = 40) -> list[str]:
     """Requests from cookie-keeping users; the backend name (or status) of each answer."""
-    jars = [aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(users)]
+    jars = [user_session() for _ in range(users)]
     names = []
     try:
         for i in range(requests):

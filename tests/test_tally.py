@@ -19,7 +19,15 @@ def test_rows_group_outcomes_that_agree() -> None:
     tally.add("canary", False, 0.9)  # slow
     rows = sorted(tally.drain())
     b = latency_bin(0.010)
-    assert rows == [[0, 0, 0, 0, b, 3], [1, 0, 1, 0, latency_bin(0.9), 1], [1, 1, 0, 0, b, 1]]
+    # events name their user and client (-1: unknown); the users rows count 3 and 2
+    # responses of no known user
+    assert rows == [
+        [0, -1, 3],
+        [0, 0, 0, 0, b, 3],
+        [1, -1, 2],
+        [1, 0, 1, 0, latency_bin(0.9), 1, -1, -1],
+        [1, 1, 0, 0, b, 1, -1, -1],
+    ]
     assert not tally
     assert tally.drain() == []
 
@@ -31,8 +39,24 @@ def test_merge_adds_rows_from_elsewhere() -> None:
     b.add("stable", False, 0.2)
     a.merge(b.drain())
     assert sorted(a.drain()) == sorted(
-        [[1, 1, 0, 0, latency_bin(0.2), 2], [0, 0, 0, 0, latency_bin(0.2), 1]]
+        [
+            [1, 1, 0, 0, latency_bin(0.2), 2, -1, -1],
+            [0, 0, 0, 0, latency_bin(0.2), 1],
+            [0, -1, 1],
+            [1, -1, 2],
+        ]
     )
+
+
+def test_users_and_their_events_travel_in_the_rows() -> None:
+    tally = Tally(None)
+    for _ in range(5):  # one user retrying a failing request: one row, counted 5 times
+        tally.add("canary", True, 0.01, False, 42, 7)
+    tally.add("stable", False, 0.01, False, 9)
+    tally.add("stable", False, 0.01, False, 9)
+    rows = sorted(tally.drain())
+    b = latency_bin(0.01)
+    assert rows == [[0, -1, 0, 9], [0, 0, 0, 0, b, 2], [1, -1, 0, 42], [1, 1, 0, 0, b, 5, 42, 7]]
 
 
 def test_no_limit_means_nothing_is_slow() -> None:

@@ -51,7 +51,7 @@ class Knobs(Protocol):
 class Owner(Protocol):
     """Who hears how a service's requests went: its Service (judge, metrics, fallbacks)."""
 
-    def attempt_failed(self, pool: Pool, kind: FailureKind) -> None: ...
+    def attempt_failed(self, pool: Pool, kind: FailureKind, route: Route | None = None) -> None: ...
     def fallback(self, wanted: Pool, served: Pool) -> None: ...
     def request_started(self, pool: Pool) -> None: ...
     def request_done(self, outcome: Outcome) -> None: ...
@@ -166,15 +166,29 @@ class ServiceRouting:
 
 
 class Route:
-    """One request's routing: the decided pool, the attempts so far, the cookie to set."""
+    """One request's routing: the decided pool, the attempts so far, the cookie to set;
+    the user's bucket (-1: none) and whether the override header forced the pool."""
 
-    __slots__ = ("decided", "served", "service", "set_cookie", "tried")
+    __slots__ = (
+        "bucket", "decided", "head", "is_forced", "served", "service", "set_cookie", "tried"
+    )  # fmt: skip
 
-    def __init__(self, service: ServiceRouting, decided: Pool, set_cookie: bytes | None) -> None:
+    def __init__(
+        self,
+        service: ServiceRouting,
+        decided: Pool,
+        set_cookie: bytes | None,
+        bucket: int = -1,
+        is_forced: bool = False,
+        head: RequestHead | None = None,
+    ) -> None:
         self.service = service
         self.decided: Pool = decided
         self.served: Pool = decided
         self.set_cookie = set_cookie
+        self.bucket = bucket
+        self.is_forced = is_forced
+        self.head = head  # who asked: the judge's user and client
         self.tried: list[BackendRuntime] = []
 
     def __repr__(self) -> str:
@@ -288,7 +302,7 @@ class Director:
         if decision.set_cookie:
             signed = codec.encode(decision.pool, decision.bucket, state.epoch, now)
             set_cookie = codec.set_cookie_header(signed)
-        return Route(service, decision.pool, set_cookie)
+        return Route(service, decision.pool, set_cookie, decision.bucket, decision.is_forced, head)
 
     def next_backend(self, route: Route) -> BackendRuntime | None:
         """The next backend to try, or None when no attempt is left (→ 502/503)."""
@@ -323,7 +337,7 @@ class Director:
         owner.fallback(wanted, to)
         if wanted == "canary" and not route.tried:
             # Pinned canary users served by stable: the canary is charged (see "Routing").
-            owner.attempt_failed("canary", "unavailable")
+            owner.attempt_failed("canary", "unavailable", route)
 
     def attempt_failed(self, route: Route, backend: BackendRuntime, kind: FailureKind) -> None:
         if backend.health is not None:
@@ -332,7 +346,7 @@ class Director:
             unreachable = kind == "connect" or kind == "timeout"
             can_eject = unreachable or not _is_last_routable(route.service, backend, now)
             backend.health.outlier.on_failure(now, can_eject)
-        route.service.owner.attempt_failed(backend.pool, kind)
+        route.service.owner.attempt_failed(backend.pool, kind, route)
 
     def upstream_answered(self, route: Route, backend: BackendRuntime, status: int) -> None:
         health = backend.health

@@ -179,19 +179,21 @@ def _normalise_pattern(pattern: str) -> str:
 
 
 class PoolDecision:
-    """Which pool serves the request, the user's bucket, and whether to send a cookie
-    for (pool, bucket, current epoch). Immutable, compared by value; a plain class for
-    mypyc, as ``sticky.StickyValue``."""
+    """Which pool serves the request, the user's bucket, whether to send a cookie for
+    (pool, bucket, current epoch), and whether the override header forced the pool (such a
+    request is not randomised, so it is never the judge's evidence). Immutable, compared
+    by value; a plain class for mypyc, as ``sticky.StickyValue``."""
 
-    __slots__ = ("bucket", "pool", "set_cookie")
+    __slots__ = ("bucket", "is_forced", "pool", "set_cookie")
 
-    def __init__(self, pool: Pool, bucket: int, set_cookie: bool) -> None:
+    def __init__(self, pool: Pool, bucket: int, set_cookie: bool, is_forced: bool = False) -> None:
         self.pool: Final = pool
         self.bucket: Final = bucket
         self.set_cookie: Final = set_cookie
+        self.is_forced: Final = is_forced
 
-    def _fields(self) -> tuple[Pool, int, bool]:
-        return (self.pool, self.bucket, self.set_cookie)
+    def _fields(self) -> tuple[Pool, int, bool, bool]:
+        return (self.pool, self.bucket, self.set_cookie, self.is_forced)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PoolDecision) and self._fields() == other._fields()
@@ -200,7 +202,9 @@ class PoolDecision:
         return hash(self._fields())
 
     def __repr__(self) -> str:
-        return "PoolDecision(pool={!r}, bucket={}, set_cookie={})".format(*self._fields())
+        return "PoolDecision(pool={!r}, bucket={}, set_cookie={}, is_forced={})".format(
+            *self._fields()
+        )
 
 
 def is_canary_bucket(bucket: int, canary_weight: float) -> bool:
@@ -228,7 +232,7 @@ def decide_pool(
     if override is not None:
         forced = _forced_pool(override, is_open)
         if forced is not None:
-            return PoolDecision(forced, _user_bucket(cookie, key_bucket, rng), False)
+            return PoolDecision(forced, _user_bucket(cookie, key_bucket, rng), False, True)
     if valid is None and not has_canary:
         return PoolDecision("stable", _user_bucket(cookie, key_bucket, rng), False)
     if valid is not None and mode == "session":

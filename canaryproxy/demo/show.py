@@ -191,6 +191,9 @@ def demo_config(
     }
     data = {
         "listen": listen[0],
+        # the simulated users arrive as through a load balancer on this machine, each with
+        # its own address in X-Forwarded-For: the judge weighs one address as one user
+        "trusted_proxies": ["127.0.0.0/8", "::1/128"],
         "admin": {"listen": listen[1], "token": token},
         "state": {"path": state},
         "sticky": {"secrets": [secret], "mode": "cohort"},
@@ -308,7 +311,9 @@ class Traffic:
 
     async def _request(self, session: aiohttp.ClientSession, user: int) -> None:
         cookie = self.cookies[user]
-        headers = {"Cookie": f"{self.cookie}={cookie}"} if cookie else {}
+        headers = {"X-Forwarded-For": f"10.0.{user // 250}.{user % 250 + 1}"}
+        if cookie:
+            headers["Cookie"] = f"{self.cookie}={cookie}"
         try:
             async with session.get(self.url + self.rng.choice(PATHS), headers=headers) as resp:
                 await resp.read()

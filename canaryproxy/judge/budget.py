@@ -94,6 +94,8 @@ from canaryproxy.judge.sequential import (
     StepEvidence,
     StepGate,
 )
+from canaryproxy.judge.tally import USERS_ROW
+from canaryproxy.judge.users import ANONYMOUS, RecentUsers, SeenUsers, UserShare
 from canaryproxy.judge.window import (
     WINDOW_SLOTS,
     PoolWindow,
@@ -112,7 +114,8 @@ __all__ = ["HEALTHY_THRESHOLD", "BudgetParams", "Ejection", "Judge", "Pool", "Ve
 
 
 SHARE_PRIOR = 100
-"""Requests' worth of belief in the new weight right after a weight change."""
+"""Users' worth of belief in the new weight right after a weight change."""
+BACKSTOP_MIN_USERS = 2  # one client alone never trips the backstop
 SLOW_SHARE_PERCENT = 1  # "p99 > limit" is "more than 1 % slower than limit"
 
 
@@ -196,72 +199,133 @@ class Judge:
         self._slot = self._bucket % WINDOW_SLOTS
         self._bucket_end = (self._bucket + 1) * self._width
         self._flagged = [False] * WINDOW_SLOTS  # buckets in which stable itself was degraded
-        self._excluded = [0, 0, 0]  # canary requests, errors, slow in flagged buckets
-        self._since: list[float] = []  # after a weight change: [canary, all, weight, when]
+        self._n_flagged = 0
+        # canary requests, errors, slow responses, users with errors, users with slow
+        # responses: in flagged buckets
+        self._excluded = [0, 0, 0, 0, 0]
+        self._since: list[float] = []  # after a weight change: [weight, when, first bucket]
         self._errors = MixtureTest(self._floor)
         self._late = MixtureTest(self._floor)  # the same test on slow outcomes
+        # the unit of evidence is the user (users.py)
+        self._stable_users = UserShare(WINDOW_SLOTS)
+        self._canary_users = UserShare(WINDOW_SLOTS)
+        self._error_seen = SeenUsers()
+        self._late_seen = SeenUsers()
+        self._erring = RecentUsers(WINDOW_SLOTS)  # the canary's users with errors, window
+        self._slowed = RecentUsers(WINDOW_SLOTS)  # the canary's users with slow responses
+        # users whose events the tests counted, since reset: [stable, canary] per test
+        self._error_users = [0, 0]
+        self._late_users = [0, 0]
         self._step: StepEvidence | None = None
         self._ejection: tuple[EjectRule, str] | None = None
 
     # -- recording ---------------------------------------------------------
 
     def record(
-        self, pool: Pool, is_error: bool, latency: float, now: float, is_late: bool = False
+        self,
+        pool: Pool,
+        is_error: bool,
+        latency: float,
+        now: float,
+        is_late: bool = False,
+        user: int = ANONYMOUS,
+        client: int = ANONYMOUS,
     ) -> Ejection | None:
         """Count one response; return the Ejection if it tips the canary over.
 
         ``latency`` is in seconds; ``is_late`` says it was a slow outcome (its head came
-        later than ``outcomes.slow``). A ``now`` that runs backwards counts in the
-        current bucket; one that jumps ahead empties what left the window."""
+        later than ``outcomes.slow``); ``user`` is the user's bucket and ``client`` the key
+        of its address (``users.client_key``), ``ANONYMOUS`` when not known. A ``now`` that
+        runs backwards counts in the current bucket; one that jumps ahead empties what left
+        the window."""
         if now >= self._bucket_end:
             self._advance(now)
         slow = latency > self._slow_limit
         canary = pool == "canary"
+        self.see_user(canary, user)
         self._add(canary, 1, int(is_error), slow, latency_bin(latency), int(is_late))
+        if canary and (is_error or slow):
+            self._mark_backstop(is_error, slow, user, client)
         if self._ejection is not None:
             return None
         if is_error or is_late:
-            self._update_tests(canary, is_error, is_late)
+            self._update_tests(canary, is_error, is_late, user, client)
         return self._judge()
+
+    def see_user(self, canary: bool, user: int, count: int = 1) -> None:
+        """``user`` (or ``count`` anonymous users) served by a pool now (in the current
+        bucket): the canary's share of users is counted from these."""
+        (self._canary_users if canary else self._stable_users).see(user, self._bucket, count)
+
+    def _mark_backstop(self, is_error: bool, slow: bool, user: int, client: int) -> None:
+        """A canary user's error or slow response, for the backstop's share of users."""
+        flagged = self._flagged[self._slot]
+        if is_error and self._erring.is_first(user, client, self._bucket) and flagged:
+            self._excluded[3] += 1
+        if slow and self._slowed.is_first(user, client, self._bucket) and flagged:
+            self._excluded[4] += 1
 
     def record_tally(self, rows: Sequence[Sequence[int]], now: float) -> Ejection | None:
         """Count a flush of outcomes counted elsewhere (``tally.Tally`` rows); return the
         Ejection if they tip the canary over.
 
-        The order of the outcomes inside one flush is not known; it is replayed as:
-        every plain success first (so ``w`` at each event includes the whole flush), then
-        the events (errors, slow outcomes) one at a time, canary and stable interleaved
-        evenly. A flush covers at most a few hundred milliseconds, over which ``w`` barely
-        moves.
+        The users a flush names count first (the canary's share of users), then every plain
+        success; then the events (errors, slow outcomes) one at a time, each with its user,
+        canary and stable interleaved evenly. A flush covers at most a few hundred
+        milliseconds, over which the share barely moves. Rows without users (an older
+        instance's) count each outcome as a user of its own.
         """
         if now >= self._bucket_end:
             self._advance(now)
+        named = any(row[1] == USERS_ROW for row in rows)
         n_events = [0, 0]
-        for canary, error, slow, late, lat_bin, count in rows:
-            if error or late:
-                n_events[canary] += count
-            else:
-                self._add(canary == 1, count, 0, slow == 1, lat_bin, 0)
-        events: list[tuple[float, int, int, int, int]] = []
-        seen = [0, 0]
-        for canary, error, slow, late, lat_bin, count in rows:
-            if error or late:
+        for row in rows:
+            canary = row[0] == 1
+            if row[1] == USERS_ROW:
+                self.see_user(canary, ANONYMOUS, row[2])
+                for i in range(3, len(row)):
+                    self.see_user(canary, row[i])
+                continue
+            count = row[5]
+            if not named:
+                self.see_user(canary, ANONYMOUS, count)
+            if row[1] or row[3]:
+                n_events[row[0]] += count
+                continue
+            self._add(canary, count, 0, row[2] == 1, row[4], 0)
+            if canary and row[2] == 1:
+                user, client = _identity(row)
                 for _ in range(count):
+                    self._mark_backstop(False, True, user, client)
+        events: list[tuple[float, Sequence[int]]] = []
+        seen = [0, 0]
+        for row in rows:
+            if row[1] != USERS_ROW and (row[1] or row[3]):
+                pool = row[0]
+                for _ in range(row[5]):
                     # (position in its pool's events, as a share): merges the two evenly
-                    position = (seen[canary] + 0.5) / n_events[canary]
-                    events.append((position, canary, error, slow, late * 512 + lat_bin))
-                    seen[canary] += 1
+                    events.append(((seen[pool] + 0.5) / n_events[pool], row))
+                    seen[pool] += 1
         events.sort(key=lambda e: e[0])
         ejection: Ejection | None = None
-        for _, in_canary, is_error, is_slow, late_bin in events:
-            is_canary, is_late = in_canary == 1, late_bin >= 512
-            self._add(is_canary, 1, is_error, is_slow == 1, late_bin & 511, int(is_late))
-            if self._ejection is None:
-                self._update_tests(is_canary, is_error == 1, is_late)
+        for _, row in events:
+            if self._replay_event(row) and ejection is None:
                 ejection = self._judge()
         if self._ejection is None:
             ejection = self._judge()
         return ejection
+
+    def _replay_event(self, row: Sequence[int]) -> bool:
+        """One event of a flush; True when the tests may have moved."""
+        is_canary, is_error, is_slow, is_late = row[0] == 1, row[1] == 1, row[2] == 1, row[3] == 1
+        user, client = _identity(row)
+        self._add(is_canary, 1, int(is_error), is_slow, row[4], int(is_late))
+        if is_canary:
+            self._mark_backstop(is_error, is_slow, user, client)
+        if self._ejection is not None:
+            return False
+        self._update_tests(is_canary, is_error, is_late, user, client)
+        return True
 
     # -- a rollout's step --------------------------------------------------
 
@@ -293,11 +357,6 @@ class Judge:
         step = self._step
         if step is not None:
             step.count(canary, count, errors, late)
-        since = self._since
-        if since:
-            since[1] += count
-            if canary:
-                since[0] += count
         if canary:
             self._canary.add(slot, count, errors, slow, lat_bin, late)
             if self._flagged[slot]:
@@ -316,10 +375,13 @@ class Judge:
         counts of that bucket out of or back into the backstop's reach."""
         self._flagged[slot] = not self._flagged[slot]
         sign = 1 if self._flagged[slot] else -1
+        self._n_flagged += sign
         c, excluded = self._canary, self._excluded
         excluded[0] += sign * c.requests[slot]
         excluded[1] += sign * c.errors[slot]
         excluded[2] += sign * c.slow[slot]
+        excluded[3] += sign * self._erring.per_slot[slot]
+        excluded[4] += sign * self._slowed.per_slot[slot]
 
     def mark_ejected(self, rule: EjectRule, reason: str) -> None:
         """Eject by hand, or come back ejected from disk; lasts until ``reset``."""
@@ -380,7 +442,10 @@ class Judge:
             "stable": pool_counts(stable),
             "canary": pool_counts(canary),
             "canary_share_of_requests": ratio(canary.since_requests, requests),
-            "canary_share_of_requests_window": rounded(self._window_share()),
+            "canary_share_of_requests_window": ratio(canary.n, canary.n + stable.n),
+            "canary_share_of_users_window": rounded(self._window_share()),
+            "users": {"stable": self._stable_users.n, "canary": self._canary_users.n},
+            "error_users": {"stable": self._error_users[0], "canary": self._error_users[1]},
             "canary_share_of_errors": ratio(canary.since_errors, errors),
             "error_rate_ratio": rate_ratio(canary, stable),
             "log_odds": round(self._errors.log_odds, 4),
@@ -396,6 +461,7 @@ class Judge:
             "canary_requests_needed": (
                 self._requests_needed() if verdict == "insufficient_samples" else None
             ),
+            "quiet": sum(self._error_users) == 0,
             "rules": _rules(self.params),
             "ejection": _ejection_dict(self._ejection),
             "slow": self._slow_evidence() if self.params.judge_latency else None,
@@ -407,6 +473,7 @@ class Judge:
         return {
             "canary_slow": c,
             "stable_slow": s,
+            "slow_users": {"stable": self._late_users[0], "canary": self._late_users[1]},
             "canary_share_of_slow": ratio(c, c + s),
             "log_odds": round(self._late.log_odds, 4),
             "odds": format_odds(self._late.log_odds),
@@ -440,41 +507,53 @@ class Judge:
         return self._check_backstop()
 
     def _latency_reason(self) -> str:
-        c, s = self._canary.n_late, self._stable.n_late
+        s, c = self._late_users
         return (
-            f"canary slow responses {c} of {c + s} while serving "
-            f"{format_percent(self._late.share)} % of requests: "
+            f"canary users with slow responses {c} of {c + s} while serving "
+            f"{format_percent(self._late.share)} % of users: "
             f"{format_odds(self._late.log_odds)} against no-slower-than-stable"
         )
 
     def weight_changed(self, weight: float, now: float) -> None:
         """The canary's weight is now ``weight`` percent: measure ``w`` afresh from here
         (see the module docstring) until a window has passed."""
-        self._since = [0.0, 0.0, weight / 100, now]
+        if now >= self._bucket_end:
+            self._advance(now)
+        self._since = [weight / 100, now, float(self._bucket)]
 
     def _window_share(self) -> float | None:
-        n_canary, n_stable = self._canary.n, self._stable.n
+        """The canary's share of the users seen in the window (see the module rules)."""
+        n_canary, n_stable = self._canary_users.n, self._stable_users.n
         if n_canary == 0 or n_stable == 0:
             return None
         since = self._since
         if since:
-            if self._bucket_end - since[3] >= self.params.window + self._width:
-                self._since = []  # the window holds none of the old weight's requests now
-            elif 0 < since[2] < 1:
-                return (since[0] + SHARE_PRIOR * since[2]) / (since[1] + SHARE_PRIOR)
+            if self._bucket_end - since[1] >= self.params.window + self._width:
+                self._since = []  # the window holds none of the old weight's users now
+            elif 0 < since[0] < 1:
+                first, now = int(since[2]), self._bucket
+                canary = self._canary_users.since(first, now)
+                both = canary + self._stable_users.since(first, now)
+                return (canary + SHARE_PRIOR * since[0]) / (both + SHARE_PRIOR)
         return n_canary / (n_canary + n_stable)
 
-    def _update_tests(self, from_canary: bool, is_error: bool, is_late: bool) -> None:
+    def _update_tests(
+        self, from_canary: bool, is_error: bool, is_late: bool, user: int, client: int
+    ) -> None:
+        """An event's evidence: counted once per user and client (``users.SeenUsers``)."""
         w = self._window_share()
         if w is None:
             return  # w is 0 or 1: an event cannot tell the hypotheses apart
-        if is_error:
+        pool = 1 if from_canary else 0
+        if is_error and self._error_seen.is_first(user, client):
             self._errors.update(from_canary, w)
-        if is_late:
+            self._error_users[pool] += 1
+        if is_late and self._late_seen.is_first(user, client):
             self._late.update(from_canary, w)
+            self._late_users[pool] += 1
         step = self._step
         if step is not None:
-            step.event(from_canary, w, is_error, is_late)
+            step.event(from_canary, w, is_error, is_late, user, client)
 
     def _is_degraded(self, errors: int, requests: int) -> bool:
         """The guard's test, for the window or for one bucket of stable's."""
@@ -487,34 +566,54 @@ class Judge:
     def _is_stable_degraded(self) -> bool:
         return self._is_degraded(self._stable.n_errors, self._stable.n)
 
-    def _backstop_counts(self) -> tuple[int, int, int]:
-        """Canary requests, errors and slow responses outside stable's bad buckets."""
-        c, (n, errors, slow) = self._canary, self._excluded
-        return c.n - n, c.n_errors - errors, c.n_slow - slow
+    def _backstop_counts(self) -> tuple[int, int, int, int]:
+        """Outside stable's bad buckets: the canary's requests, and its users with errors
+        and with slow responses; and its users in the window (all buckets)."""
+        c, excluded, users = self._canary, self._excluded, self._canary_users
+        n_users = users.n
+        if self._n_flagged:  # users last seen in stable's bad buckets are out too
+            for slot in range(WINDOW_SLOTS):
+                if self._flagged[slot]:
+                    n_users -= users.per_slot[slot] + users.anonymous[slot]
+        return (
+            c.n - excluded[0],
+            self._erring.n - excluded[3],
+            self._slowed.n - excluded[4],
+            n_users,
+        )
 
-    def _backstop_fires(self, n: int, errors: int, slow: int) -> bool:
-        if n < self._min_requests:
+    def _backstop_fires(self, n: int, erring: int, slowed: int, users: int) -> bool:
+        """At least ``min_requests`` canary requests, and more than ``max_error_rate`` of
+        its users with an error, or more than 1 % with a response slower than
+        ``max_p99_latency``; never on one client alone (``BACKSTOP_MIN_USERS``)."""
+        if n < self._min_requests or users <= 0:
             return False
-        return errors / n > self.params.max_error_rate or slow * 100 > n * SLOW_SHARE_PERCENT
+        if erring >= BACKSTOP_MIN_USERS and erring / users > self.params.max_error_rate:
+            return True
+        return slowed >= BACKSTOP_MIN_USERS and slowed * 100 > users * SLOW_SHARE_PERCENT
 
     def _check_backstop(self) -> Ejection | None:
-        n, errors, slow = self._backstop_counts()
-        if not self._backstop_fires(n, errors, slow):
+        n, erring, slowed, users = self._backstop_counts()
+        if not self._backstop_fires(n, erring, slowed, users):
             return None
         p = self.params
         window = f"over {p.window:g}s, {n} requests"
-        if errors / n > p.max_error_rate:
-            rate, limit = two_distinct(errors / n, p.max_error_rate)
-            return self._eject("backstop", f"error rate {rate} > {limit} {window}")
+        if erring >= BACKSTOP_MIN_USERS and erring / users > p.max_error_rate:
+            rate, limit = two_distinct(erring / users, p.max_error_rate)
+            return self._eject(
+                "backstop", f"error rate {rate} > {limit} ({erring} of {users} users) {window}"
+            )
         limit_s = f"{self._slow_limit:g}s"
-        reason = f"p99 latency > {limit_s} {window}: {slow} slower than {limit_s}"
+        reason = (
+            f"p99 latency > {limit_s} {window}: {slowed} of {users} users slower than {limit_s}"
+        )
         return self._eject("backstop", reason)
 
     def _comparative_reason(self) -> str:
+        stable, canary = self._error_users
         return (
-            f"canary errors {self._canary.since_errors} of "
-            f"{self._canary.since_errors + self._stable.since_errors} while serving "
-            f"{format_percent(self._errors.share)} % of requests: "
+            f"canary users with errors {canary} of {canary + stable} while serving "
+            f"{format_percent(self._errors.share)} % of users: "
             f"{format_odds(self._errors.log_odds)} against no-worse-than-stable"
         )
 
@@ -523,13 +622,16 @@ class Judge:
         return Ejection(rule, reason, self._evidence())
 
     def _requests_needed(self) -> int | None:
+        """Canary requests until the test decides, if the users' figures go on as seen
+        since reset (module docstring); None before any user's error (a quiet judgement:
+        no number can be honest yet) or when the measured ratio sits between the
+        boundaries."""
         w = self._window_share()
-        if w is None:
+        stable_users, canary_users = self._error_users
+        events = stable_users + canary_users
+        if w is None or events == 0:
             return None
-        c, s = self._canary, self._stable
-        errors = c.since_errors + s.since_errors
-        q = (c.since_errors + w) / (errors + 1)
-        per_request = (errors + 1) / (c.since_requests + s.since_requests + 1)
+        q = (canary_users + w) / (events + 1)
         components = zip(RATIOS, LOG_RATIOS, LOG_WEIGHTS, self._errors.llr, strict=True)
         distances = [
             (self._threshold - lw - v, q * lr - math.log1p((r - 1) * w))
@@ -539,7 +641,8 @@ class Judge:
         needed = [max(gap, 0.0) / drift for gap, drift in distances if drift > 0]
         if not needed:
             return None
-        return math.ceil(min(needed) * w / per_request)
+        canary_requests = self._canary.since_requests
+        return math.ceil(min(needed) * max(canary_requests, 1) / events)
 
     # -- time ----------------------------------------------------------------
 
@@ -552,11 +655,22 @@ class Judge:
                 self._flip_flag(slot)
             self._stable.clear(slot)
             self._canary.clear(slot)
+            self._stable_users.clear(slot)
+            self._canary_users.clear(slot)
+            self._erring.clear(slot, b)
+            self._slowed.clear(slot, b)
         self._bucket = max(bucket, self._bucket)
         self._slot = self._bucket % WINDOW_SLOTS
         self._bucket_end = (self._bucket + 1) * self._width
         if self._bucket_end <= now:  # float rounding at a bucket edge
             self._bucket_end = math.nextafter(now, math.inf)
+
+
+def _identity(row: Sequence[int]) -> tuple[int, int]:
+    """(user, client) of a tally row; unknown in a row that names neither."""
+    if len(row) >= 8:
+        return row[6], row[7]
+    return ANONYMOUS, ANONYMOUS
 
 
 def _rules(p: BudgetParams) -> dict[str, object]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+from canaryproxy.judge.users import ANONYMOUS, SeenUsers
 from canaryproxy.judge.window import format_odds
 
 RATIOS = (2, 4, 8, 16, 32, 64)
@@ -127,9 +128,12 @@ class Gate:
 
 
 class StepEvidence:
-    """One rollout step's counts and gates (errors; slow outcomes with ``outcomes.slow``)."""
+    """One rollout step's counts and gates (errors; slow outcomes with ``outcomes.slow``).
 
-    __slots__ = ("counts", "errors", "late", "max_ratio")
+    A gate's unit is the user, as the judge's (``users.py``): of one user's (and one
+    client's) events during the step, the first is the gate's evidence."""
+
+    __slots__ = ("counts", "errors", "errors_seen", "late", "late_seen", "max_ratio")
 
     def __init__(self, max_ratio: float) -> None:
         self.max_ratio = max_ratio
@@ -137,6 +141,8 @@ class StepEvidence:
         self.counts = [0, 0, 0, 0, 0, 0]
         self.errors = Gate(max_ratio)
         self.late = Gate(max_ratio)
+        self.errors_seen = SeenUsers()
+        self.late_seen = SeenUsers()
 
     def count(self, canary: bool, count: int, errors: int, late: int) -> None:
         c = self.counts
@@ -145,10 +151,19 @@ class StepEvidence:
         c[2 + pool] += errors
         c[4 + pool] += count if late else 0
 
-    def event(self, from_canary: bool, w: float, is_error: bool, is_late: bool) -> None:
-        if is_error:
+    def event(
+        self,
+        from_canary: bool,
+        w: float,
+        is_error: bool,
+        is_late: bool,
+        user: int = ANONYMOUS,
+        client: int = ANONYMOUS,
+    ) -> None:
+        """An event of ``user`` from ``client``, at the canary's share of users ``w``."""
+        if is_error and self.errors_seen.is_first(user, client):
             self.errors.update(from_canary, w)
-        if is_late:
+        if is_late and self.late_seen.is_first(user, client):
             self.late.update(from_canary, w)
 
     def describe(self, threshold: float, w: float | None, judge_latency: bool) -> StepGate:
@@ -156,9 +171,9 @@ class StepEvidence:
         to ``threshold + ln 2`` (their alpha halved), so together they hold at 1 - alpha."""
         bound = threshold + (math.log(2) if judge_latency else 0.0)
         c = self.counts
-        gates = {"errors": self._gate(self.errors, c[2], c[3], bound, w)}
+        gates = {"errors": self._gate(self.errors, bound, w)}
         if judge_latency:
-            gates["slow"] = self._gate(self.late, c[4], c[5], bound, w)
+            gates["slow"] = self._gate(self.late, bound, w)
         shown = all(g["shown"] is True for g in gates.values())
         more: int | None = 0
         for g in gates.values():
@@ -174,10 +189,9 @@ class StepEvidence:
         }
         return StepGate(shown, c[0], more, evidence)
 
-    def _gate(
-        self, gate: Gate, canary: int, stable: int, bound: float, w: float | None
-    ) -> dict[str, object]:
-        quiet = canary == 0 and stable == 0  # neither pool failed: time and requests suffice
+    def _gate(self, gate: Gate, bound: float, w: float | None) -> dict[str, object]:
+        # no user of either pool had an event: time and requests suffice
+        quiet = gate.events == 0
         shown = quiet or gate.log_odds >= bound
         events = None if shown or w is None else gate.events_needed(bound, w)
         # events of both pools → canary requests, at the step's events per canary request
@@ -187,8 +201,9 @@ class StepEvidence:
             else math.ceil(events * self.counts[0] / gate.events)
         )
         return {
-            "canary_events": canary,
-            "stable_events": stable,
+            "canary_events": gate.canary_events,
+            "stable_events": gate.stable_events,
+            "quiet": quiet,
             "log_odds": round(gate.log_odds, 4),
             "threshold": round(bound, 4),
             "odds": format_odds(gate.log_odds),

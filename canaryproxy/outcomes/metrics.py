@@ -223,6 +223,7 @@ class PoolMetrics:
         "duration_sum",
         "in_flight",
         "outcomes",
+        "overridden",
     )
 
     def __init__(self, fam: _Families, service: str, pool: Pool, bounds: Sequence[float]) -> None:
@@ -239,6 +240,7 @@ class PoolMetrics:
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOME_KINDS, 0)
         self.created = time.time()  # the counters' _created series, as prometheus-client's
         self.in_flight = Level()
+        self.overridden = 0  # responses to requests the override header routed
 
     def __repr__(self) -> str:
         return f"PoolMetrics(service={self._key[0]!r}, pool={self._key[1]!r})"
@@ -321,6 +323,12 @@ class _RequestCollector:
             " said failure), failure_status (a listed status), slow (head later than slow).",
             labels=[*sp, "outcome"],
         )
+        overridden = CounterMetricFamily(
+            "canaryproxy_override_requests",
+            "Responses to requests the override header routed (also in requests_total):"
+            " QA's traffic, never the judge's evidence.",
+            labels=sp,
+        )
         for sm in list(self.services):
             for pool, pm in list(sm.pools.items()):
                 labels = [sm.name, pool]
@@ -335,11 +343,13 @@ class _RequestCollector:
                     attempts.add_metric([*labels, outcome], count, created=pm.created)
                 for kind, count in pm.outcomes.items():
                     outcomes.add_metric([*labels, kind], count, created=pm.created)
+                overridden.add_metric(labels, pm.overridden, created=pm.created)
         yield requests
         yield duration
         yield in_flight
         yield attempts
         yield outcomes
+        yield overridden
 
 
 class ServiceMetrics:

@@ -28,12 +28,19 @@ from dataclasses import dataclass
 
 from canaryproxy.config.load import Config, RolloutConfig, ServiceConfig
 from canaryproxy.decide import rollout
-from canaryproxy.decide.director import BackendRuntime, Director, Outcome, ServiceRouting
+from canaryproxy.decide.director import (
+    BackendRuntime,
+    Director,
+    Outcome,
+    Route,
+    ServiceRouting,
+)
 from canaryproxy.decide.health import ActiveCheck, BackendHealth, OutlierDetector
 from canaryproxy.decide.rollout import Plan, Refused, StepSettings
 from canaryproxy.decide.sticky import CookieCodec
 from canaryproxy.judge.budget import BudgetParams, Ejection, Judge
 from canaryproxy.judge.tally import Row, Tally
+from canaryproxy.judge.users import ANONYMOUS, client_address, client_key, is_trusted
 from canaryproxy.outcomes.metrics import Metrics, PoolMetrics, ServiceMetrics
 from canaryproxy.runtime.notify import Notice
 from canaryproxy.state.runtime import Conflict, RuntimeState, ServiceState, describe_plan
@@ -93,6 +100,9 @@ class Service:
             self.name, config.canary_weight, old_knobs, records
         )
         self.fallbacks: dict[str, int] = previous.fallbacks if previous is not None else {}
+        self.trusted_proxies = tuple(root.trusted_proxies)
+        p99 = config.error_budget.max_p99_latency
+        self.slow_limit = float("inf") if p99 is None else p99  # the backstop's
         # (pool, url) → (the health_check and outlier_detection it was built with, health)
         self.healths: dict[tuple[Pool, str], tuple[object, BackendHealth]] = {}
         old = previous.healths if previous is not None else {}
@@ -174,14 +184,14 @@ class Service:
         return judge
 
     # what the director reports -----------------------------------------------------------
-    def attempt_failed(self, pool: Pool, kind: FailureKind) -> None:
+    def attempt_failed(self, pool: Pool, kind: FailureKind, route: Route | None = None) -> None:
         """A failed attempt at a backend of ``pool``; ``unavailable`` is a canary user
         served by stable for want of a canary backend: the judge's, no backend's error."""
         if kind != "unavailable":
             pm = self.metrics.pools.get(pool)
             if pm is not None:  # a reload may have removed the pool meanwhile
                 pm.upstream_error(kind)
-        self._judge_outcome(pool, True, 0.0)
+        self._judge_outcome(pool, True, 0.0, False, route)
 
     def fallback(self, wanted: Pool, served: Pool) -> None:
         key = f"{wanted}->{served}"
@@ -209,14 +219,16 @@ class Service:
         served = pools.get(pool)
         if served is not None:
             served.observe(status, outcome.duration)
+            if route.is_forced:
+                served.overridden += 1
         if outcome.is_local:
             if status == 503:
-                self._judge_outcome(pool, True, outcome.duration)
+                self._judge_outcome(pool, True, outcome.duration, False, route)
         elif not outcome.aborted:
             is_error, is_late = status >= 500, False
             if self.outcomes_on:
                 is_error, is_late = self._classify(outcome, served, is_error)
-            self._judge_outcome(pool, is_error, outcome.duration, is_late)
+            self._judge_outcome(pool, is_error, outcome.duration, is_late, route)
 
     def _classify(
         self, outcome: Outcome, pm: PoolMetrics | None, is_error: bool
@@ -251,18 +263,45 @@ class Service:
                 last.attempt("ok" if answered else "failed")
 
     def _judge_outcome(
-        self, pool: Pool, is_error: bool, latency: float, is_late: bool = False
+        self,
+        pool: Pool,
+        is_error: bool,
+        latency: float,
+        is_late: bool = False,
+        route: Route | None = None,
     ) -> None:
+        """Hand one outcome to the judge (or its tally), with the user it was for; a
+        request the override header routed is never evidence (it is not randomised)."""
+        user = client = ANONYMOUS
+        if route is not None:
+            if route.is_forced:
+                return
+            user = route.bucket
+            if is_error or is_late or latency > self.slow_limit:
+                client = self._client_of(route)
         tally = self.tally
         if tally is not None:
-            tally.add(pool, is_error, latency, is_late)
+            tally.add(pool, is_error, latency, is_late, user, client)
             return
         judge = self.judge
         if judge is None:
             return
-        ejection = judge.record(pool, is_error, latency, self.env.monotonic(), is_late)
+        now = self.env.monotonic()
+        ejection = judge.record(pool, is_error, latency, now, is_late, user, client)
         if ejection is not None:
             self._ejected_by_judge(ejection)
+
+    def _client_of(self, route: Route) -> int:
+        """The key of the address the request came from (``users.client_address``)."""
+        head = route.head
+        if head is None:
+            return ANONYMOUS
+        chain = [v for n, v in head.lheaders if n == b"x-forwarded-for"] if head.is_trusted else []
+        address = client_address(head.client_ip.decode("latin-1"), chain, self._is_trusted)
+        return client_key(address)
+
+    def _is_trusted(self, ip: str) -> bool:
+        return is_trusted(self.trusted_proxies, ip)
 
     def judge_tally(self, rows: list[Row], epoch: int) -> None:
         """Judge a flush of outcomes counted elsewhere (a worker, another instance).
