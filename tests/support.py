@@ -255,12 +255,12 @@ def user_address() -> str:
     return f"127.{16 + n // 62500 % 200}.{n // 250 % 250}.{n % 250 + 1}"
 
 
-def user_session(**kwargs: Any) -> aiohttp.ClientSession:
-    """A simulated user: its own cookie jar and its own source address (``user_address``)."""
+def user_session(address: str | None = None, **kwargs: Any) -> aiohttp.ClientSession:
+    """A simulated user: its own cookie jar and its own source address (``address``, or
+    one ``user_address`` gives)."""
     kwargs.setdefault("cookie_jar", aiohttp.CookieJar(unsafe=True))
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(local_addr=(user_address(), 0)), **kwargs
-    )
+    local = (address or user_address(), 0)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local), **kwargs)
 
 
 def service(

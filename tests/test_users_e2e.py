@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.support import Backend, RunningProxy, make_config, service, start_proxy
+from tests.support import (
+    Backend,
+    RunningProxy,
+    make_config,
+    service,
+    start_proxy,
+    user_session,
+)
 
 BUDGET = {"min_requests": 50, "window": "30s"}
-
-
-def session(address: str) -> aiohttp.ClientSession:
-    """A user: its own cookie jar, its own source address."""
-    return aiohttp.ClientSession(
-        cookie_jar=aiohttp.CookieJar(unsafe=True),
-        connector=aiohttp.TCPConnector(local_addr=(address, 0)),
-    )
 
 
 async def crowd(proxy: RunningProxy, users: int, requests: int) -> None:
     """``users`` users from 127.0.1.x, ``requests`` healthy requests each."""
     for u in range(users):
-        async with session(f"127.0.1.{u + 1}") as s:
+        async with user_session(f"127.0.1.{u + 1}") as s:
             for _ in range(requests):
                 async with s.get(proxy.url + "/") as resp:
                     await resp.read()
@@ -56,7 +55,7 @@ async def test_a_lone_client_does_not_eject_a_canary_as_good_as_stable(
     )
     async with start_proxy(config) as proxy:
         await crowd(proxy, users=60, requests=5)
-        async with session("127.0.2.1") as lone:
+        async with user_session("127.0.2.1") as lone:
             # a fished canary cookie, then the bad input over and over (and retried)
             await fish_canary(lone, proxy)
             for _ in range(100):
