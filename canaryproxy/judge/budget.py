@@ -2,22 +2,26 @@
 budget and automatic ejection").
 
 No I/O and no clock: every call takes ``now`` (monotonic seconds). The caller says
-what an error is (5xx, connect failure, timeout) and which pool answered. Each
-response costs O(1); memory is bounded (10 time buckets per pool).
+what an error is (5xx, connect failure, timeout), which pool answered, and for whom
+(the user's bucket and the client's address key, ``users.py``). Each response costs
+O(1); memory is bounded (10 time buckets per pool, one slot per user bucket, and the
+users seen with events). The unit of evidence is the user: of one user's (and one
+client address's) events, only the first moves a test (``docs/judging-users.md``).
 
 Rules this module keeps (``L = ln(1/alpha)``):
 
-1. **Comparative test**, the main rule. ``w`` is the canary's measured share of
-   requests in the sliding window (the response being recorded included; the
-   configured weight is not used: sticky users make the two differ). After the
+1. **Comparative test**, the main rule. ``w`` is the canary's measured share of the
+   distinct users seen in the sliding window (the response being recorded included;
+   the configured weight is not used: sticky users make the two differ). After the
    weight changes (``weight_changed``: an operator, a rollout's step), the window
-   still holds requests served at the old weight for a whole window, and every
-   error in that time would be judged against the old share; so until a window has
-   passed, ``w`` is the share since the change, starting from the new weight as a
-   prior worth ``SHARE_PRIOR`` requests (which the measured share soon outweighs). If the canary
-   is no worse than stable (H0), an error is the canary's with probability ``w``; if
-   its error rate is R x stable's (H_R), with ``q_R = R·w / (R·w + 1 - w)``. On every
-   error, for R in {2, 4, 8, 16, 32, 64}::
+   still holds users served at the old weight for a whole window, and every error
+   in that time would be judged against the old share; so until a window has
+   passed, ``w`` is the share among users seen since the change, starting from the
+   new weight as a prior worth ``SHARE_PRIOR`` users (which the measured share soon
+   outweighs). If the canary is no worse than stable (H0), a user with an error is
+   the canary's with probability ``w``; if its users err R x as often as stable's
+   (H_R), with ``q_R = R·w / (R·w + 1 - w)``. On every user's first error, for R in
+   {2, 4, 8, 16, 32, 64}::
 
        canary error:  llr_R += ln(q_R / w)             =  ln R - ln(1 + (R-1)·w)
        stable error:  llr_R += ln((1 - q_R) / (1 - w)) =       - ln(1 + (R-1)·w)
@@ -34,10 +38,11 @@ Rules this module keeps (``L = ln(1/alpha)``):
 2. **Absolute backstop.** The window is ``window`` seconds in 10 fixed buckets (a
    ring; it holds the current bucket and the nine before it, so between 0.9 and 1
    window). With at least ``min_requests`` canary requests in it, the canary is
-   ejected when its error rate is > ``max_error_rate``, or, when
-   ``max_p99_latency`` is set, when more than 1 % of them took longer than that:
-   exactly "p99 > max_p99_latency", counted from the raw latencies, not from
-   histogram bins.
+   ejected when more than ``max_error_rate`` of its users in the window saw an
+   error, or, when ``max_p99_latency`` is set, more than 1 % of its users saw a
+   response slower than that (counted from the raw latencies, not from histogram
+   bins); and never on fewer than ``BACKSTOP_MIN_USERS`` users (client addresses):
+   one client alone never trips it.
 
 3. **Stable guard.** Stable is degraded while its window errors exceed
    ``stable_guard · max(requests, min_requests)``: its error rate, except that a
@@ -64,17 +69,18 @@ test accepts "no worse than 2x stable" at 95 %. ``eta`` is kept within
 the canary turns, and an early bad patch cannot block ``healthy`` for ever.
 
 **Canary requests still needed** (shown with ``insufficient_samples``): a plug-in
-estimate assuming the figures seen since reset go on as they are::
+estimate assuming the figures seen since reset go on as they are (``E`` users with
+errors counted by the test, ``E_c`` of them the canary's, ``N_c`` canary requests)::
 
-    q = (E_c + w) / (E + 1)      canary share of errors, one pseudo-error split at w
-    p = (E + 1) / (N + 1)        errors per request, both pools (0 errors is not "never")
-    d_R = q·ln R - ln(1 + (R-1)·w)       drift per error of llr_R (to ejection)
-    d_h = ln(1 + w) - q·ln 2              drift per error of eta (to healthy)
-    errors = min over positive drifts of (L - ln weight_R - llr_R) / d_R, (ln 20 - eta) / d_h
-    canary requests = errors · w / p
+    q = (E_c + w) / (E + 1)      canary share of users with errors, one pseudo-user at w
+    d_R = q·ln R - ln(1 + (R-1)·w)       drift per user of llr_R (to ejection)
+    d_h = ln(1 + w) - q·ln 2              drift per user of eta (to healthy)
+    users = min over positive drifts of (L - ln weight_R - llr_R) / d_R, (ln 20 - eta) / d_h
+    canary requests = users · N_c / E
 
-``None`` when no drift is positive (the measured ratio sits between the boundaries)
-or ``w`` is unknown. The ejection distance uses the best single component, so the
+``None`` while ``E`` is 0 (no user of either pool had an error: nothing to extrapolate,
+``evidence["quiet"]``), when no drift is positive (the measured ratio sits between the
+boundaries) or when ``w`` is unknown. The ejection distance uses the best single component, so the
 estimate errs long.
 """
 
